@@ -1,0 +1,1 @@
+"""The command line: ``fanflow run``, ``validate``, ``graph``, ``runs``, ``show``, ``logs``, ..."""

@@ -1,0 +1,337 @@
+"""The embedded default executor: worker processes for CPU-bound steps (real parallelism on
+every core), threads for light ones, and a process of its own for each service."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from fanflow import runtime
+from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
+from fanflow.executors.processes import kill_group
+
+SERVICE_STOP_GRACE = 5.0
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: subprocess.Popen
+    conn: multiprocessing.connection.Connection
+    name: str
+    task: TaskSpec | None = None
+
+
+@dataclass(eq=False)
+class _Service:
+    spec: TaskSpec
+    process: subprocess.Popen
+    ready_file: Path
+    started: float
+    ready: bool = False
+    stopping: Status | None = None
+    stop_reason: str = ""
+    logs: list = field(default_factory=list)
+
+
+def _count_gpus() -> int:
+    value = os.environ.get("FANFLOW_GPUS")
+    if value is not None:
+        return int(value)
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(
+        self,
+        cpus: float | None = None,
+        gpus: int | None = None,
+        memory: int | None = None,
+        max_threads: int = 32,
+    ):
+        self._capacity = {
+            "cpus": float(cpus or os.cpu_count() or 1),
+            "gpus": float(_count_gpus() if gpus is None else gpus),
+            "memory": float(memory or psutil.virtual_memory().total),
+        }
+        self._idle: list[_Worker] = []
+        self._busy: dict[str, _Worker] = {}
+        self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="fanflow-task")
+        self._thread_tasks: dict[str, TaskSpec] = {}
+        self._results: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._services: dict[str, _Service] = {}
+        self._count = 0
+        self._started = False
+
+    def capacity(self) -> dict[str, float]:
+        return dict(self._capacity)
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for _ in range(int(self._capacity["cpus"])):
+            self._idle.append(self._spawn())
+
+    def _spawn(self) -> _Worker:
+        self._count += 1
+        name = f"local-{self._count}"
+        parent, child = socket.socketpair()
+        with child:
+            # A session of its own: stopping a task kills the task's children too.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fanflow.executors.worker_process", str(child.fileno()), name],
+                pass_fds=[child.fileno()],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        return _Worker(process, multiprocessing.connection.Connection(parent.detach()), name)
+
+    # -- submitting ---------------------------------------------------------------------
+    def submit(self, spec: TaskSpec) -> None:
+        self.start()
+        if spec.kind == "service":
+            self._start_service(spec)
+        elif spec.executor == "thread":
+            self._thread_tasks[spec.task] = spec
+            self._threads.submit(self._run_in_thread, spec)
+        else:
+            message = spec.to_dict()
+            while True:
+                worker = self._idle.pop() if self._idle else self._spawn()
+                try:
+                    worker.conn.send(message)
+                    break
+                except (OSError, ValueError):  # that worker died while idle: use another
+                    self._discard(worker)
+            worker.task = spec
+            self._busy[spec.task] = worker
+
+    def _run_in_thread(self, spec: TaskSpec) -> None:
+        from fanflow.executors.worker import execute
+
+        result = execute(spec, worker=threading.current_thread().name)
+        if self._thread_tasks.get(spec.task) is spec:
+            del self._thread_tasks[spec.task]
+            self._post(result)
+
+    def _post(self, result: TaskResult) -> None:
+        self._results.put(result)
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"!")
+
+    # -- collecting ---------------------------------------------------------------------
+    def wait(self, timeout: float | None) -> list[TaskResult]:
+        results = self._drain()
+        if self._services:
+            results += self._poll_services()
+            timeout = 0.05 if timeout is None else min(timeout, 0.05)
+        if results:
+            timeout = 0
+        conns = [w.conn for w in self._busy.values()] + [self._wake_r]
+        for conn in multiprocessing.connection.wait(conns, timeout):
+            if conn is self._wake_r:
+                while self._wake_r.poll():
+                    self._wake_r.recv_bytes()
+                continue
+            worker = next(w for w in self._busy.values() if w.conn is conn)
+            spec = worker.task
+            try:
+                result = TaskResult.from_dict(conn.recv())
+            except (EOFError, OSError):
+                code = _exit_code(worker.process)
+                self._busy.pop(spec.task, None)
+                self._discard(worker)
+                results.append(
+                    TaskResult(
+                        spec.task,
+                        spec.attempt,
+                        "crashed",
+                        retryable=True,
+                        error=f"the worker process died (exit code {code})",
+                        ended=time.time(),
+                        worker=worker.name,
+                    )
+                )
+                continue
+            self._busy.pop(spec.task, None)
+            worker.task = None
+            self._idle.append(worker)
+            results.append(result)
+        return results + self._drain()
+
+    def _drain(self) -> list[TaskResult]:
+        out = []
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                return out
+
+    # -- stopping -----------------------------------------------------------------------
+    def stop(self, task: str, status: Status = "cancelled", reason: str = "") -> None:
+        worker = self._busy.pop(task, None)
+        if worker is not None:
+            spec = worker.task
+            kill_group(worker.process.pid)
+            self._discard(worker)
+            self._post(
+                TaskResult(
+                    task, spec.attempt, status, error=reason or None, ended=time.time(), worker=worker.name
+                )
+            )
+            return
+        spec = self._thread_tasks.pop(task, None)
+        if spec is not None:  # a thread cannot be killed: its late result will be ignored
+            self._post(TaskResult(task, spec.attempt, status, error=reason or None, ended=time.time()))
+            return
+        service = self._services.get(task)
+        if service is not None and service.stopping is None:
+            service.stopping, service.stop_reason = status, reason
+            kill_group(service.process.pid, signal.SIGTERM)
+
+    def _discard(self, worker: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        if worker.process.poll() is None:
+            kill_group(worker.process.pid)
+        worker.process.wait()
+
+    def close(self) -> None:
+        for name in list(self._services):
+            self.stop(name, "cancelled", "the run ended")
+        deadline = time.time() + SERVICE_STOP_GRACE
+        for service in self._services.values():
+            try:
+                service.process.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                kill_group(service.process.pid)
+                service.process.wait()
+            for handle in service.logs:
+                handle.close()
+        self._services.clear()
+        for worker in list(self._busy.values()):
+            kill_group(worker.process.pid)
+        for worker in self._idle:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+        for worker in [*self._idle, *self._busy.values()]:
+            try:
+                worker.process.wait(2)
+            except subprocess.TimeoutExpired:
+                kill_group(worker.process.pid)
+                worker.process.wait()
+            worker.conn.close()
+        self._idle.clear()
+        self._busy.clear()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # -- services -----------------------------------------------------------------------
+    def _start_service(self, spec: TaskSpec) -> None:
+        folder = Path(spec.scratch or Path.cwd() / ".fanflow" / "tmp" / spec.task)
+        folder.mkdir(parents=True, exist_ok=True)
+        ready_file = folder / f"ready-{spec.attempt}.json"
+        ready_file.unlink(missing_ok=True)
+        spec_file = folder / f"spec-{spec.attempt}.json"
+        spec_file.write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+        env = dict(os.environ)
+        env[runtime.READY_FILE_ENV] = str(ready_file)
+        env[runtime.PORT_ENV] = str(spec.service_port)
+        env["PYTHONPATH"] = os.pathsep.join([*spec.import_paths, env.get("PYTHONPATH", "")]).strip(os.pathsep)
+        logs = []
+        if spec.log_prefix:
+            logs = [open(spec.log_prefix + ".out", "ab"), open(spec.log_prefix + ".err", "ab")]  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fanflow.executors.service", str(spec_file)],
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=logs[0] if logs else subprocess.DEVNULL,
+            stderr=logs[1] if logs else subprocess.DEVNULL,
+        )
+        self._services[spec.task] = _Service(spec, process, ready_file, time.time(), logs=logs)
+
+    def _poll_services(self) -> list[TaskResult]:
+        results = []
+        for name, service in list(self._services.items()):
+            spec = service.spec
+            code = service.process.poll()
+            if code is not None:
+                del self._services[name]
+                for handle in service.logs:
+                    handle.close()
+                if service.stopping:
+                    results.append(
+                        TaskResult(
+                            name,
+                            spec.attempt,
+                            service.stopping,
+                            error=service.stop_reason or None,
+                            ended=time.time(),
+                        )
+                    )
+                else:
+                    why = _tail(spec.log_prefix)
+                    results.append(
+                        TaskResult(
+                            name,
+                            spec.attempt,
+                            "exited",
+                            ended=time.time(),
+                            error=f"the service exited with code {code}" + (f": {why}" if why else ""),
+                        )
+                    )
+                continue
+            if not service.ready and service.ready_file.exists():
+                service.ready = True
+                endpoint = json.loads(service.ready_file.read_text(encoding="utf-8"))
+                results.append(
+                    TaskResult(
+                        name,
+                        spec.attempt,
+                        "serving",
+                        output=endpoint,
+                        started=service.started,
+                        worker=f"pid {service.process.pid}",
+                    )
+                )
+        return results
+
+
+def _exit_code(process: subprocess.Popen) -> int | None:
+    try:
+        return process.wait(1)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _tail(log_prefix: str | None, lines: int = 3) -> str:
+    if not log_prefix:
+        return ""
+    try:
+        text = Path(log_prefix + ".err").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return " | ".join(text.splitlines()[-lines:])

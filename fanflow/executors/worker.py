@@ -1,0 +1,132 @@
+"""The body of every task, wherever it runs: import the step function, load its inputs from
+the artifact store, call it, store its outputs, and report a plain-data result."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from fanflow import runtime
+from fanflow.executors.base import TaskResult, TaskSpec
+from fanflow.stores.artifacts import ArtifactStore
+from fanflow.stores.values import UnstorableValue, decode, encode
+
+_stores: dict[str, ArtifactStore] = {}
+
+
+class StepImportError(Exception):
+    pass
+
+
+def store_for(url: str) -> ArtifactStore:
+    store = _stores.get(url)
+    if store is None:
+        store = _stores[url] = ArtifactStore(url)
+    return store
+
+
+def import_callable(uses: str, import_paths: list[str] = ()):
+    for folder in import_paths:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    module_name, _, attribute = uses.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as exc:
+        raise StepImportError(
+            f"cannot import {module_name!r} for {uses}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise StepImportError(f"module {module_name!r} has no {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise StepImportError(f"{uses} is not callable")
+    return target
+
+
+def set_task_environment(spec: TaskSpec) -> None:
+    cpus = max(1, int(spec.cpus)) if spec.cpus else 1
+    os.environ[runtime.CPUS_ENV] = str(cpus)
+    os.environ[runtime.GPUS_ENV] = str(spec.gpus)
+    os.environ[runtime.TASK_ENV] = spec.task
+    os.environ[runtime.RUN_ENV] = spec.run_id
+    if spec.scratch:
+        os.environ[runtime.SCRATCH_ENV] = spec.scratch
+    else:
+        os.environ.pop(runtime.SCRATCH_ENV, None)
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(cpus)
+
+
+def call_step(spec: TaskSpec) -> tuple[Any, Any]:
+    """Import, load inputs, call. Returns (function, return value)."""
+    fn = import_callable(spec.uses, spec.import_paths)
+    kwargs = decode(spec.inputs, store_for(spec.artifacts))
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as exc:
+        raise StepArgumentError(f"{spec.uses} cannot take the step's 'with': {exc}") from None
+    except ValueError:
+        pass  # a builtin without a signature: let the call decide
+    return fn, fn(**kwargs)
+
+
+class StepArgumentError(TypeError):
+    pass
+
+
+def execute(spec: TaskSpec, worker: str = "") -> TaskResult:
+    """Run one task attempt in this process and describe the outcome."""
+    started = time.time()
+    set_task_environment(spec)
+    try:
+        _, value = call_step(spec)
+        scratch = Path(spec.scratch) if spec.scratch else None
+        output = encode(value, store_for(spec.artifacts), where=f"{spec.task} output", scratch=scratch)
+    except (StepImportError, StepArgumentError, UnstorableValue) as exc:
+        return TaskResult(
+            spec.task,
+            spec.attempt,
+            "failed",
+            error=str(exc),
+            retryable=False,
+            traceback=traceback.format_exc(),
+            started=started,
+            ended=time.time(),
+            worker=worker,
+        )
+    except BaseException as exc:  # the step's own failure, reported rather than raised
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return TaskResult(
+            spec.task,
+            spec.attempt,
+            "failed",
+            error=describe(exc),
+            traceback=traceback.format_exc(),
+            started=started,
+            ended=time.time(),
+            worker=worker,
+        )
+    finally:
+        if spec.scratch:
+            shutil.rmtree(spec.scratch, ignore_errors=True)
+    return TaskResult(
+        spec.task, spec.attempt, "succeeded", output=output, started=started, ended=time.time(), worker=worker
+    )
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

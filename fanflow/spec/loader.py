@@ -1,0 +1,124 @@
+"""Load a workflow from a YAML file, a Python file or a plain dict into a validated Workflow."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from fanflow.spec import validate
+from fanflow.spec.errors import SpecError, SpecIssue
+from fanflow.spec.model import Param, Resources, Step, Workflow
+from fanflow.spec.positions import Positions, load_yaml_with_positions
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def load_workflow(path: str | Path, *, check_imports: bool = True) -> Workflow:
+    """Read and validate a workflow file (YAML, or Python defining a ``fanflow.Workflow``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(SpecIssue("no such workflow file (expected a .yaml or .py file)", file=str(path)))
+    if path.suffix == ".py":
+        from fanflow.spec.python_api import load_python_workflow
+
+        return load_python_workflow(path, check_imports=check_imports)
+    if path.suffix not in YAML_SUFFIXES:
+        raise SpecError(
+            SpecIssue(
+                f"unknown workflow file type {path.suffix!r} (expected .yaml, .yml or .py)", file=str(path)
+            )
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(SpecIssue(f"cannot read the file: {exc}", file=str(path))) from None
+    data, positions = load_yaml_with_positions(text, str(path))
+    return workflow_from_dict(data, source=str(path), positions=positions, check_imports=check_imports)
+
+
+def workflow_from_dict(
+    data: Any, *, source: str | None = None, positions: Positions | None = None, check_imports: bool = True
+) -> Workflow:
+    positions = positions or Positions(file=source)
+    if not isinstance(data, dict):
+        raise SpecError(positions.issue(f"expected a mapping with name and steps, got {type(data).__name__}"))
+    try:
+        workflow = Workflow.model_validate({**data, "source": source})
+    except pydantic.ValidationError as exc:
+        raise SpecError(_issues(exc, data, positions)) from None
+    validate.check(workflow, positions, check_imports=check_imports)
+    return workflow
+
+
+_MODEL_AT = {("steps", "*"): Step, ("params", "*"): Param, ("steps", "*", "resources"): Resources}
+
+
+def _issues(exc: pydantic.ValidationError, data: Any, positions: Positions) -> list[SpecIssue]:
+    errors = [(error, _data_path(error["loc"], data)) for error in exc.errors()]
+    unknown = {(path[:-1], path[-1]) for error, path in errors if error["type"] == "extra_forbidden"}
+    issues, seen = [], set()
+    for error, path in errors:
+        if path in seen:
+            continue  # a union reports once per member; the first says enough
+        if error["type"] == "missing" and _misspelt(path, unknown):
+            continue  # `stepz:` explains the missing `steps:`
+        seen.add(path)
+        issues.append(positions.issue(_message(error, path), path))
+    return issues
+
+
+def _misspelt(path: tuple, unknown: set) -> bool:
+    return any(parent == path[:-1] and difflib.get_close_matches(str(key), [str(path[-1])], cutoff=0.6)
+               for parent, key in unknown)
+
+
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """The part of pydantic's location that exists in the document (it appends type tags)."""
+    path, node = [], data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
+            node = node[part]
+        elif node is not None and not isinstance(node, dict | list):
+            break
+        else:
+            path.append(part)
+            break
+        path.append(part)
+    return tuple(path)
+
+
+def _message(error: dict, path: tuple) -> str:
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        key = path[-1]
+        return f"unknown key {key!r}{_suggest_field(key, path)}"
+    if kind == "missing":
+        return f"missing required key {path[-1]!r}" if path else "missing required key"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch" and path and path[-1] == "uses":
+        return f"expected 'package.module:function', got {value!r}"
+    if kind == "literal_error":
+        return f"{message[0].lower()}{message[1:]}, got {value!r}"
+    if not isinstance(value, dict | list) and kind not in ("value_error",):
+        return f"{message[0].lower()}{message[1:]}, got {value!r}"
+    return message[0].lower() + message[1:]
+
+
+def _suggest_field(key: str, path: tuple) -> str:
+    model = Workflow
+    shape = tuple("*" if i % 2 else p for i, p in enumerate(path[:-1]))
+    if len(path) >= 3 and path[0] in ("steps", "params"):
+        shape = (path[0], "*", *path[2:-1])
+    model = _MODEL_AT.get(shape, Workflow if len(path) == 1 else None)
+    if model is None:
+        return ""
+    names = [f.alias or n for n, f in model.model_fields.items() if n != "source"]
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(names)})"

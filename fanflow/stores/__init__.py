@@ -1,0 +1,1 @@
+"""Where runs and their outputs are kept: the artifact store and the run store."""

@@ -1,0 +1,67 @@
+"""Garbage collection: old runs, their logs, and artifacts nothing references any more."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from fanflow.spec.model import _duration
+from fanflow.stores.artifacts import ArtifactStore
+
+
+@dataclass
+class GcReport:
+    runs: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    bytes: int = 0
+    kept_runs: int = 0
+
+
+def collect(project, *, keep: int = 20, older_than: str | None = None, dry_run: bool = False) -> GcReport:
+    if keep < 0:
+        raise ValueError("--keep must be 0 or more")
+    cutoff = None
+    if older_than:
+        cutoff = time.time() - float(_duration(older_than))
+    store = project.store
+    rows = store.list_runs(limit=10**9)
+    report = GcReport()
+    for index, row in enumerate(rows):
+        droppable = (
+            index >= keep and row.state not in ("running",) and (cutoff is None or row.started < cutoff)
+        )
+        if droppable:
+            report.runs.append(row.id)
+    report.kept_runs = len(rows) - len(report.runs)
+    if not dry_run and report.runs:
+        store.delete_runs(report.runs)
+        for run_id in report.runs:
+            shutil.rmtree(project.home / "logs" / run_id, ignore_errors=True)
+            shutil.rmtree(project.home / "tmp" / run_id, ignore_errors=True)
+    artifacts = ArtifactStore(project.artifacts_url)
+    if not artifacts.local:
+        return report  # remote stores are shared: leave their objects alone
+    keep_digests = store.referenced_digests()
+    if dry_run:  # what the dropped runs alone reference would also go
+        keep_digests = _still_referenced(store, report.runs)
+    for digest, suffix, path in artifacts.iter_objects():
+        if digest not in keep_digests:
+            report.artifacts.append(digest)
+            report.bytes += path.stat().st_size
+            if not dry_run:
+                artifacts.delete(digest, suffix)
+    if not dry_run:
+        store.forget_artifacts(report.artifacts)
+    return report
+
+
+def _still_referenced(store, dropped: list[str]) -> set[str]:
+    dropped_set = set(dropped)
+    digests: set[str] = set()
+    for row in store.list_runs(limit=10**9):
+        if row.id in dropped_set:
+            continue
+        digests |= {r["digest"] for r in store.lineage(row.id)}
+    digests |= store.cached_digests(exclude_runs=dropped_set)
+    return digests

@@ -1,0 +1,202 @@
+"""Turn a step's return value into a manifest of plain JSON with artifact references, and back.
+
+A manifest is what travels between the engine and the workers: plain data (dicts with string
+keys, lists, strings, numbers, booleans, None) stays inline; every other leaf (a NumPy array,
+bytes, a file, a torch tensor or state dict, a scikit-learn estimator) is written once to the
+artifact store and replaced by ``{"$artifact": "sha256:...", "format": ..., ...}``. Consumers
+get the leaves back loaded: arrays memory-mapped, files as read-only paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from fanflow.stores.artifacts import ArtifactStore
+
+ARTIFACT_KEY = "$artifact"
+
+# scikit-learn models are loaded with skops, trusting only types from these packages.
+_TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy", "scipy.", "builtins", "collections")
+
+
+class UnstorableValue(TypeError):
+    """A step returned something fanflow cannot store."""
+
+
+def is_artifact(value: Any) -> bool:
+    return isinstance(value, dict) and ARTIFACT_KEY in value
+
+
+def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: Path | None = None) -> Any:
+    """Store the non-JSON leaves of ``value`` and return its manifest."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return {"$float": repr(value)}
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UnstorableValue(f"{where}: dict keys must be strings, got {key!r}")
+            if key.startswith("$"):
+                raise UnstorableValue(f"{where}: keys starting with '$' are reserved, got {key!r}")
+            out[key] = encode(item, store, where=f"{where}.{key}", scratch=scratch)
+        if _is_state_dict(value):
+            return _put_torch(value, store)
+        return out
+    if isinstance(value, list | tuple):
+        return [encode(v, store, where=f"{where}[{i}]", scratch=scratch) for i, v in enumerate(value)]
+    return _encode_leaf(value, store, where, scratch)
+
+
+def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | None) -> dict:
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return _put_array(value, store, where)
+    if isinstance(value, bytes | bytearray | memoryview):
+        obj = store.put_bytes(bytes(value), suffix=".bin")
+        return {ARTIFACT_KEY: obj.digest, "format": "bytes", "suffix": ".bin", "size": obj.size}
+    if isinstance(value, Path):
+        if not value.is_file():
+            raise UnstorableValue(f"{where}: {value} is not a file")
+        move = scratch is not None and value.resolve().is_relative_to(scratch.resolve())
+        suffix = value.suffix if 0 < len(value.suffix) <= 16 else ""
+        obj = store.put_file(value, suffix=suffix, move=move and store.local)
+        return {
+            ARTIFACT_KEY: obj.digest,
+            "format": "file",
+            "name": value.name,
+            "suffix": suffix,
+            "size": obj.size,
+        }
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return _put_torch(value, store)
+    if _is_sklearn_estimator(value):
+        return _put_skops(value, store)
+    raise UnstorableValue(
+        f"{where}: cannot store a {type(value).__module__}.{type(value).__qualname__}; a step may "
+        "return dicts, lists, strings, numbers, booleans, None, NumPy arrays, bytes, "
+        "pathlib.Path files, torch tensors or state dicts, and scikit-learn estimators"
+    )
+
+
+def _put_array(array, store: ArtifactStore, where: str) -> dict:
+    import numpy as np
+
+    if array.dtype.hasobject:
+        raise UnstorableValue(f"{where}: NumPy arrays of Python objects cannot be stored safely")
+    tmp = store.temp_path(".npy")
+    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+    # np.save appends .npy only when missing; temp_path ends in ".npy.part".
+    written = tmp if tmp.exists() else Path(str(tmp) + ".npy")
+    obj = store.put_file(written, suffix=".npy", move=True)
+    return {
+        ARTIFACT_KEY: obj.digest,
+        "format": "npy",
+        "suffix": ".npy",
+        "size": obj.size,
+        "shape": list(array.shape),
+        "dtype": array.dtype.str,
+    }
+
+
+def _is_state_dict(value: dict) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _put_torch(value, store: ArtifactStore) -> dict:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    obj = store.put_bytes(buffer.getvalue(), suffix=".pt")
+    return {ARTIFACT_KEY: obj.digest, "format": "torch", "suffix": ".pt", "size": obj.size}
+
+
+def _is_sklearn_estimator(value: Any) -> bool:
+    base = sys.modules.get("sklearn.base")
+    return base is not None and isinstance(value, base.BaseEstimator)
+
+
+def _put_skops(value, store: ArtifactStore) -> dict:
+    import skops.io
+
+    obj = store.put_bytes(skops.io.dumps(value), suffix=".skops")
+    return {ARTIFACT_KEY: obj.digest, "format": "skops", "suffix": ".skops", "size": obj.size}
+
+
+def decode(manifest: Any, store: ArtifactStore) -> Any:
+    """Load a manifest's artifacts: arrays memory-mapped, files as paths, models verified."""
+    if isinstance(manifest, list):
+        return [decode(v, store) for v in manifest]
+    if isinstance(manifest, dict):
+        if ARTIFACT_KEY in manifest:
+            return _load_leaf(manifest, store)
+        if "$float" in manifest and len(manifest) == 1:
+            return float(manifest["$float"])
+        return {k: decode(v, store) for k, v in manifest.items()}
+    return manifest
+
+
+def _load_leaf(ref: dict, store: ArtifactStore) -> Any:
+    digest, fmt, suffix = ref[ARTIFACT_KEY], ref.get("format"), ref.get("suffix", "")
+    if fmt == "npy":
+        import numpy as np
+
+        return np.load(store.path(digest, suffix), mmap_mode="r", allow_pickle=False)
+    if fmt == "file":
+        return store.path(digest, suffix)
+    if fmt == "bytes":
+        return store.read_bytes(digest, suffix)
+    if fmt == "torch":
+        import io
+
+        import torch
+
+        data = store.read_bytes(digest, suffix, verify=True)
+        return torch.load(io.BytesIO(data), weights_only=True)
+    if fmt == "skops":
+        import skops.io
+
+        data = store.read_bytes(digest, suffix, verify=True)
+        untrusted = skops.io.get_untrusted_types(data=data)
+        unsafe = [t for t in untrusted if not t.startswith(_TRUSTED_MODULE_PREFIXES)]
+        if unsafe:
+            raise UnstorableValue(f"artifact {digest} holds types that are not trusted: {unsafe}")
+        return skops.io.loads(data, trusted=untrusted)
+    raise UnstorableValue(f"artifact {digest} has an unknown format {fmt!r}")
+
+
+def dumps(manifest: Any) -> str:
+    """Canonical JSON of a manifest (sorted keys): equal manifests give equal strings."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+
+
+def artifact_refs(manifest: Any):
+    """Every artifact reference inside a manifest."""
+    if isinstance(manifest, dict):
+        if ARTIFACT_KEY in manifest:
+            yield manifest
+        else:
+            for value in manifest.values():
+                yield from artifact_refs(value)
+    elif isinstance(manifest, list):
+        for value in manifest:
+            yield from artifact_refs(value)
+
+
+def artifact_digests(manifest: Any) -> list[str]:
+    return [ref[ARTIFACT_KEY] for ref in artifact_refs(manifest)]

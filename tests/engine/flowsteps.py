@@ -1,0 +1,94 @@
+"""Step functions used by the engine's tests (copied next to each test's workflow file)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def mark(folder: str, name: str) -> None:
+    """Leave a trace that a task body ran (one file per run of it)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Path(folder, f"{name}.{os.getpid()}.{time.time_ns()}").touch()
+
+
+def count(folder: str, name: str) -> int:
+    return len(list(Path(folder).glob(f"{name}.*"))) if Path(folder).exists() else 0
+
+
+def numbers(n: int, marks: str = "") -> list[int]:
+    if marks:
+        mark(marks, "numbers")
+    return list(range(1, n + 1))
+
+
+def square(x: int, delay: float = 0.0, marks: str = "", fail_on: list | None = None) -> dict:
+    started = time.time()
+    if marks:
+        mark(marks, f"square-{x}")
+    time.sleep(delay)
+    if fail_on and x in fail_on:
+        raise ValueError(f"cannot square {x}")
+    return {"x": x, "y": x * x, "pid": os.getpid(), "started": started, "ended": time.time()}
+
+
+def total(values: list, marks: str = "") -> dict:
+    if marks:
+        mark(marks, "total")
+    return {"sum": sum(v["y"] for v in values), "xs": [v["x"] for v in values]}
+
+
+def big_array(mb: int) -> dict:
+    return {"array": np.full(mb * 2**20 // 8, 1.5, dtype=np.float64), "note": "made once"}
+
+
+def read_array(data: dict, index: int) -> dict:
+    array = data["array"]
+    return {"memmap": isinstance(array, np.memmap), "writeable": bool(array.flags.writeable),
+            "file": str(getattr(array, "filename", "")), "sum": float(array.sum()), "index": index}
+
+
+def hang_with_child(pid_file: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    Path(pid_file).write_text(str(child.pid))
+    time.sleep(1000)
+
+
+def flaky(marker: str, succeed_on: int = 2) -> int:
+    path = Path(marker)
+    attempt = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(attempt))
+    if attempt < succeed_on:
+        raise RuntimeError(f"transient failure on attempt {attempt}")
+    return attempt
+
+
+def fail_unless(flag: str, x: int = 0) -> int:
+    if not Path(flag).exists():
+        raise RuntimeError(f"{flag} is missing")
+    return x
+
+
+def slow(seconds: float, x: int = 0) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def where() -> dict:
+    import threading
+
+    return {"pid": os.getpid(), "thread": threading.current_thread().name}
+
+
+def talk(text: str) -> str:
+    print(f"out: {text}", flush=True)
+    print(f"err: {text}", file=sys.stderr, flush=True)
+    subprocess.run(["echo", f"child: {text}"], check=True)
+    return text
+
+
+def bad_output():
+    return object()
