@@ -86,12 +86,13 @@ class LocalExecutor(Executor):
     def capacity(self) -> dict[str, float]:
         return dict(self._capacity)
 
-    def start(self) -> None:
-        if self._started:
-            return
+    def start(self, prestart: bool = False) -> None:
+        """Workers start on demand (a run whose tasks are all reused starts none);
+        ``prestart`` starts one per core now."""
+        if prestart and not self._started:
+            for _ in range(int(self._capacity["cpus"])):
+                self._idle.append(self._spawn())
         self._started = True
-        for _ in range(int(self._capacity["cpus"])):
-            self._idle.append(self._spawn())
 
     def _spawn(self) -> _Worker:
         self._count += 1

@@ -30,11 +30,6 @@ def flow(workdir):
     return make
 
 
-@pytest.fixture(params=["local"])
-def executor(request):
-    return request.param
-
-
 def run(home, spec, executor="local", **options):
     project = Project(home)
     try:

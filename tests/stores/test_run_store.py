@@ -1,0 +1,116 @@
+"""The run store on SQLite and on a real PostgreSQL server."""
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from fanflow.project import Project
+from fanflow.spec.loader import load_workflow
+from fanflow.stores import runs as runs_module
+from fanflow.stores.runs import SCHEMA_VERSION, RunStore
+from tests.conftest import write
+
+STEPS = Path(__file__).parents[1] / "engine" / "flowsteps.py"
+POSTGRES = os.environ.get("FANFLOW_TEST_POSTGRES")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs.db'}"
+        return
+    if not POSTGRES:
+        pytest.skip("no PostgreSQL server: set FANFLOW_TEST_POSTGRES to its URL (scripts/test.sh starts one)")
+    name = f"fanflow_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture
+def flow(workdir):
+    shutil.copy(STEPS, workdir / "flowsteps.py")
+    return load_workflow(write(workdir, "f.yaml", """
+        name: stored
+        params: {xs: [1, 2, 3]}
+        steps:
+          square:
+            uses: flowsteps:square
+            fan_out: {x: "${params.xs}"}
+            with: {x: "${item.x}"}
+          arrays: {uses: flowsteps:big_array, with: {mb: 1}}
+          total:
+            uses: flowsteps:total
+            with: {values: "${square[*]}"}
+            needs: [arrays]
+        """))
+
+
+def test_a_run_is_recorded_completely(db_url, home, flow):
+    project = Project(home, db=db_url)
+    result = project.run(flow)
+    assert result.state == "succeeded"
+    store = project.store
+    row = store.get_run(result.run_id)
+    assert row.state == "succeeded" and row.workflow == "stored" and row.params == {"xs": [1, 2, 3]}
+    assert row.ended >= row.started and row.spec["steps"]["square"]["uses"] == "flowsteps:square"
+    tasks = store.tasks(result.run_id)
+    assert [t["name"] for t in tasks] == ["square[x=1]", "square[x=2]", "square[x=3]", "arrays", "total"]
+    assert tasks[0]["item"] == {"x": 1}
+    assert all(t["state"] == "succeeded" and t["attempts"] == 1 and t["cache_key"] for t in tasks)
+    lineage = store.lineage(result.run_id)
+    produced = [r for r in lineage if r["task"] == "arrays" and r["role"] == "output"]
+    assert len(produced) == 1 and produced[0]["digest"].startswith("sha256:")
+    assert store.get_run(result.run_id[:15]).id == result.run_id  # a unique prefix is enough
+    project.close()
+
+
+def test_the_cache_survives_across_runs_and_processes(db_url, home, flow):
+    Project(home, db=db_url).run(flow)
+    again = Project(home, db=db_url).run(flow)
+    assert all(t.cached for t in again.tasks.values())
+
+
+def test_schema_is_versioned_and_a_newer_schema_is_refused(db_url):
+    store = RunStore(db_url)
+    assert store.schema_version() == SCHEMA_VERSION
+    with store.engine.begin() as conn:
+        conn.execute(runs_module.meta_table.update().values(value=str(SCHEMA_VERSION + 1)))
+    store.close()
+    with pytest.raises(RuntimeError, match="upgrade fanflow"):
+        RunStore(db_url)
+
+
+def test_migrations_bring_an_empty_database_to_the_current_version(db_url):
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("runs")
+    engine.dispose()
+    store = RunStore(db_url)
+    with store.engine.connect() as conn:
+        names = set(sa.inspect(conn).get_table_names())
+    assert {"runs", "tasks", "attempts", "artifacts", "lineage", "cache", "fanflow_meta"} <= names
+    store.close()
+
+
+def test_a_run_whose_engine_died_reads_as_interrupted(db_url):
+    store = RunStore(db_url)
+    with store.engine.begin() as conn:
+        conn.execute(runs_module.runs.insert().values(
+            id="dead", workflow="w", spec="{}", params="{}", state="running", started=time.time() - 100,
+            heartbeat=time.time() - 100, host="some-other-host", pid=1))
+        conn.execute(runs_module.runs.insert().values(
+            id="alive", workflow="w", spec="{}", params="{}", state="running", started=time.time(),
+            heartbeat=time.time(), host="some-other-host", pid=1))
+    states = {r.id: r.state for r in store.list_runs()}
+    assert states == {"dead": "interrupted", "alive": "running"}
+    store.close()
