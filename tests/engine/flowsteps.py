@@ -92,3 +92,59 @@ def talk(text: str) -> str:
 
 def bad_output():
     return object()
+
+
+def http_service(name: str) -> None:
+    """A tiny real HTTP service: answers its name and pid."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fanflow import runtime
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"name": name, "pid": os.getpid()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", runtime.service_port()), Handler)
+    server.daemon_threads = True
+    runtime.announce({"url": f"http://127.0.0.1:{server.server_address[1]}", "name": name})
+    server.serve_forever()
+
+
+def ask(endpoints: list) -> list:
+    import json
+    import urllib.request
+
+    return [json.loads(urllib.request.urlopen(e["url"], timeout=5).read()) for e in endpoints]
+
+
+def kill_and_ask_again(endpoints: list) -> dict:
+    """Kill the first service, then wait until it answers again at the same address."""
+    import json
+    import signal as signals
+    import urllib.request
+
+    first = json.loads(urllib.request.urlopen(endpoints[0]["url"], timeout=5).read())
+    os.kill(first["pid"], signals.SIGKILL)
+    killed = time.time()
+    while True:
+        try:
+            again = json.loads(urllib.request.urlopen(endpoints[0]["url"], timeout=1).read())
+            if again["pid"] != first["pid"]:
+                return {"old": first["pid"], "new": again["pid"], "back_after_s": time.time() - killed}
+        except OSError:
+            pass
+        if time.time() - killed > 30:
+            raise RuntimeError("the service did not come back")
+        time.sleep(0.05)
+
+
+def crash_on_start() -> None:
+    raise RuntimeError("cannot bind")
