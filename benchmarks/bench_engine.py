@@ -8,6 +8,7 @@ time of a fully cached re-run. Prints a table; ``--json`` prints the figures as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -35,11 +36,14 @@ def _workflow(name: str, steps: dict):
 
 def overhead(n: int, executor: str, home: Path) -> dict:
     """One step, a fan-out of n no-op tasks, a fan-in that sums them: all recorded."""
-    spec = _workflow("overhead", {
-        "make": {"uses": "noop_steps:make", "with": {"n": n}},
-        "noop": {"uses": "noop_steps:noop", "fan_out": {"x": "${make}"}, "with": {"x": "${item.x}"}},
-        "add": {"uses": "noop_steps:add", "with": {"values": "${noop[*]}"}},
-    })
+    spec = _workflow(
+        "overhead",
+        {
+            "make": {"uses": "noop_steps:make", "with": {"n": n}},
+            "noop": {"uses": "noop_steps:noop", "fan_out": {"x": "${make}"}, "with": {"x": "${item.x}"}},
+            "add": {"uses": "noop_steps:add", "with": {"values": "${noop[*]}"}},
+        },
+    )
     project = Project(home)
     runner = project.runner(spec, executor=executor, cache=False)
     started = time.perf_counter()
@@ -56,11 +60,17 @@ def overhead(n: int, executor: str, home: Path) -> dict:
 def efficiency(executor: str, home: Path, seconds: float = 2.0, branches: int = 4) -> dict:
     """Fan out CPU-bound tasks of about ``seconds`` each over the machine's cores."""
     cores = psutil.cpu_count(logical=True)
-    spec = _workflow("efficiency", {
-        "burn": {"uses": "noop_steps:burn_timed", "fan_out": {"x": list(range(branches))},
-                 "with": {"seconds": seconds, "x": "${item.x}"}},
-        "join": {"uses": "noop_steps:add_durations", "with": {"runs": "${burn[*]}"}},
-    })
+    spec = _workflow(
+        "efficiency",
+        {
+            "burn": {
+                "uses": "noop_steps:burn_timed",
+                "fan_out": {"x": list(range(branches))},
+                "with": {"seconds": seconds, "x": "${item.x}"},
+            },
+            "join": {"uses": "noop_steps:add_durations", "with": {"runs": "${burn[*]}"}},
+        },
+    )
     project = Project(home)
     runner = project.runner(spec, executor=executor, cache=False)
     started = time.perf_counter()
@@ -70,19 +80,30 @@ def efficiency(executor: str, home: Path, seconds: float = 2.0, branches: int = 
     durations = [r["wall"] for r in result.outputs("burn")]
     lower_bound = max(max(durations), sum(durations) / cores)
     project.close()
-    return {"branches": branches, "cores": cores, "task_s": [round(d, 3) for d in durations],
-            "makespan_s": round(makespan, 3), "lower_bound_s": round(lower_bound, 3),
-            "ratio": round(makespan / lower_bound, 3)}
+    return {
+        "branches": branches,
+        "cores": cores,
+        "task_s": [round(d, 3) for d in durations],
+        "makespan_s": round(makespan, 3),
+        "lower_bound_s": round(lower_bound, 3),
+        "ratio": round(makespan / lower_bound, 3),
+    }
 
 
 def memory(executor: str, home: Path, mb: int = 500, branches: int = 4) -> dict:
     """A fan-out whose branches all read one large array made upstream: peak memory of the
     whole process tree (proportional set size, so shared pages count once)."""
-    spec = _workflow("memory", {
-        "make": {"uses": "noop_steps:big", "with": {"mb": mb}},
-        "read": {"uses": "noop_steps:touch_all", "fan_out": {"i": list(range(branches))},
-                 "with": {"data": "${make}", "i": "${item.i}"}},
-    })
+    spec = _workflow(
+        "memory",
+        {
+            "make": {"uses": "noop_steps:big", "with": {"mb": mb}},
+            "read": {
+                "uses": "noop_steps:touch_all",
+                "fan_out": {"i": list(range(branches))},
+                "with": {"data": "${make}", "i": "${item.i}"},
+            },
+        },
+    )
     project = Project(home)
     runner = project.runner(spec, executor=executor, cache=False)
     sampler = TreeSampler()
@@ -94,10 +115,14 @@ def memory(executor: str, home: Path, mb: int = 500, branches: int = 4) -> dict:
     assert len(sums) == 1
     project.close()
     array = mb * 2**20
-    return {"array_mb": mb, "branches": branches, "peak_tree_mb": round(sampler.peak / 2**20),
-            "baseline_mb": round(sampler.baseline / 2**20),
-            "peak_over_array": round(sampler.peak / array, 2),
-            "peak_above_baseline_over_array": round((sampler.peak - sampler.baseline) / array, 2)}
+    return {
+        "array_mb": mb,
+        "branches": branches,
+        "peak_tree_mb": round(sampler.peak / 2**20),
+        "baseline_mb": round(sampler.baseline / 2**20),
+        "peak_over_array": round(sampler.peak / array, 2),
+        "peak_above_baseline_over_array": round((sampler.peak - sampler.baseline) / array, 2),
+    }
 
 
 class TreeSampler(threading.Thread):
@@ -110,10 +135,8 @@ class TreeSampler(threading.Thread):
     def _pss(self) -> int:
         total = 0
         for proc in [self.root, *self.root.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 total += proc.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
         return total
 
     def run(self) -> None:
@@ -144,12 +167,17 @@ def cached_rerun(home: Path) -> dict:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         bare.append(time.perf_counter() - started)
     second = min(timings)
-    return {"second_run_s": round(second, 3), "interpreter_start_s": round(min(bare), 3),
-            "beyond_interpreter_s": round(second - min(bare), 3)}
+    return {
+        "second_run_s": round(second, 3),
+        "interpreter_start_s": round(min(bare), 3),
+        "beyond_interpreter_s": round(second - min(bare), 3),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--executor", default="local", choices=["local", "ray"])
     parser.add_argument("--only", choices=["overhead", "efficiency", "memory", "cache"], action="append")
     parser.add_argument("--sizes", default="100,1000,10000")
@@ -174,21 +202,29 @@ def main() -> None:
         return
     print(f"fanflow engine benchmarks · executor {args.executor} · {figures['cores']} cores")
     for row in figures.get("overhead", []):
-        print(f"  overhead   N={row['n']:>6}: {row['wall_s']:7.3f} s  {row['tasks_per_s']:>7} tasks/s"
-              f"   (target at N=10,000: >= 5,000 tasks/s)")
+        print(
+            f"  overhead   N={row['n']:>6}: {row['wall_s']:7.3f} s  {row['tasks_per_s']:>7} tasks/s"
+            f"   (target at N=10,000: >= 5,000 tasks/s)"
+        )
     if "efficiency" in figures:
         e = figures["efficiency"]
-        print(f"  efficiency {e['branches']} x ~2 s CPU tasks on {e['cores']} cores: makespan {e['makespan_s']} s, "
-              f"lower bound {e['lower_bound_s']} s, ratio {e['ratio']} (target <= 1.10)")
+        print(
+            f"  efficiency {e['branches']} x ~2 s CPU tasks on {e['cores']} cores: makespan {e['makespan_s']} s, "
+            f"lower bound {e['lower_bound_s']} s, ratio {e['ratio']} (target <= 1.10)"
+        )
     if "memory" in figures:
         m = figures["memory"]
-        print(f"  memory     {m['branches']} branches reading one {m['array_mb']} MB array: peak tree PSS "
-              f"{m['peak_tree_mb']} MB = {m['peak_over_array']} x the array (target < 2.0; baseline "
-              f"{m['baseline_mb']} MB)")
+        print(
+            f"  memory     {m['branches']} branches reading one {m['array_mb']} MB array: peak tree PSS "
+            f"{m['peak_tree_mb']} MB = {m['peak_over_array']} x the array (target < 2.0; baseline "
+            f"{m['baseline_mb']} MB)"
+        )
     if "cache" in figures:
         c = figures["cache"]
-        print(f"  cache      second run of the example: {c['second_run_s']} s, "
-              f"{c['beyond_interpreter_s']} s beyond interpreter start (target < 1 s)")
+        print(
+            f"  cache      second run of the example: {c['second_run_s']} s, "
+            f"{c['beyond_interpreter_s']} s beyond interpreter start (target < 1 s)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from fanflow.spec import conditions
 from fanflow.spec.refs import ITEM, PARAMS, Ref, substitute, whole_ref
 
 MAX_BACKOFF = 300.0
+LIGHT_SHARE = 16  # tasks of a light step in flight per core
 
 
 class State(StrEnum):
@@ -55,6 +56,7 @@ class Task:
     reason: str | None = None  # why it was skipped or cancelled
     not_before: float = 0.0
     cached: bool = False
+    held: dict[str, float] | None = None  # resources admitted with, released when it ends
 
 
 @dataclass(slots=True)
@@ -141,12 +143,16 @@ class Scheduler:
         return stop
 
     # -- handing out work ---------------------------------------------------------------
-    def next_tasks(self, now: float, reuse: Reuse | None = None) -> list[Task]:
+    def next_tasks(
+        self, now: float, reuse: Reuse | None = None, light: frozenset[str] = frozenset()
+    ) -> list[Task]:
         """Tasks that may start now, marked running. Their ``inputs`` are resolved.
 
         ``reuse`` (optional) is asked once about each newly ready task, before admission, for
         an earlier output to reuse (the cache, a resumed run); those tasks succeed at once and
-        take no capacity."""
+        take no capacity. Steps in ``light`` have proven to be made of tiny tasks: each is
+        admitted at 1/LIGHT_SHARE of its resources, so that more are in flight and an
+        executor can queue them behind one another instead of leaving a core idle."""
         if self.aborted:
             return []
         while self._retry_heap and self._retry_heap[0][0] <= now:
@@ -163,7 +169,8 @@ class Scheduler:
             if not run.ready:
                 continue
             res = run.plan.resources
-            need = {"cpus": res.cpus, "gpus": res.gpus, "memory": res.memory or 0}
+            share = LIGHT_SHARE if run.plan.name in light else 1
+            need = {"cpus": res.cpus / share, "gpus": res.gpus, "memory": (res.memory or 0) / share}
             step_limit = run.plan.step.parallelism or math.inf
             service = run.plan.step.kind == "service"
             while run.ready:
@@ -183,6 +190,7 @@ class Scheduler:
                         continue
                 for key, amount in need.items():
                     self.used[key] += amount
+                task.held = need
                 run.running += 1
                 if not service:
                     self.running += 1
@@ -289,9 +297,9 @@ class Scheduler:
 
     def _release(self, task: Task) -> None:
         run = self.steps[task.step]
-        res = run.plan.resources
-        for key, amount in (("cpus", res.cpus), ("gpus", res.gpus), ("memory", res.memory or 0)):
+        for key, amount in (task.held or {}).items():
             self.used[key] -= amount
+        task.held = None
         run.running -= 1
         if task.state is State.RUNNING and run.plan.step.kind != "service":
             self.running -= 1

@@ -32,6 +32,7 @@ class TaskSpec:
     scratch: str | None = None  # folder for the task's own files, removed afterwards
     import_paths: list[str] = field(default_factory=list)  # the workflow's folder, for its modules
     service_port: int = 0  # a restarted service binds its old port again
+    light: bool = False  # a tiny task that may wait in a busy worker's queue
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: every field is plain data already, and specs are built for each task.
@@ -69,6 +70,9 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, spec: TaskSpec) -> None:
         """Start a task. Its result comes back from ``wait``."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Send what ``submit`` may have held back, so that a batch of tasks goes out at once."""
 
     @abstractmethod
     def wait(self, timeout: float | None) -> list[TaskResult]:

@@ -26,6 +26,7 @@ from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
 from fanflow.executors.processes import kill_group
 
 SERVICE_STOP_GRACE = 5.0
+LIGHT_QUEUE = 16  # light tasks sent ahead to one busy worker
 
 
 @dataclass(eq=False)
@@ -33,7 +34,13 @@ class _Worker:
     process: subprocess.Popen
     conn: multiprocessing.connection.Connection
     name: str
-    task: TaskSpec | None = None
+    tasks: list[TaskSpec] = field(default_factory=list)  # sent, in the order it runs them
+    outbox: list[dict] = field(default_factory=list)  # specs to send at the next flush
+    dropped: set[str] = field(default_factory=set)  # queued tasks already reported stopped
+
+    @property
+    def light(self) -> bool:
+        return all(t.light for t in self.tasks)
 
 
 @dataclass(eq=False)
@@ -80,6 +87,7 @@ class LocalExecutor(Executor):
         self._results: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._services: dict[str, _Service] = {}
+        self._outboxes: dict[int, _Worker] = {}
         self._count = 0
         self._started = False
 
@@ -119,16 +127,31 @@ class LocalExecutor(Executor):
             self._thread_tasks[spec.task] = spec
             self._threads.submit(self._run_in_thread, spec)
         else:
-            message = spec.to_dict()
-            while True:
-                worker = self._idle.pop() if self._idle else self._spawn()
-                try:
-                    worker.conn.send(message)
-                    break
-                except (OSError, ValueError):  # that worker died while idle: use another
-                    self._discard(worker)
-            worker.task = spec
+            worker = self._pick_worker(spec)
+            worker.outbox.append(spec.to_dict())
+            worker.tasks.append(spec)
             self._busy[spec.task] = worker
+            self._outboxes[id(worker)] = worker
+
+    def flush(self) -> None:
+        """One message per worker, however many tasks it was given since the last flush."""
+        outboxes, self._outboxes = self._outboxes, {}
+        for worker in outboxes.values():
+            batch, worker.outbox = worker.outbox, []
+            try:
+                worker.conn.send(batch if len(batch) > 1 else batch[0])
+            except (OSError, ValueError):  # the worker died: what it held is reported crashed
+                self._post_all(self._lost_results(worker, "the worker process died before its task started"))
+
+    def _pick_worker(self, spec: TaskSpec) -> _Worker:
+        if self._idle:
+            return self._idle.pop()
+        if spec.light:
+            # A tiny task waits in a busy worker's queue rather than in a new process.
+            queues = {id(w): w for w in self._busy.values() if w.light and len(w.tasks) < LIGHT_QUEUE}
+            if queues:
+                return min(queues.values(), key=lambda w: len(w.tasks))
+        return self._spawn()
 
     def _run_in_thread(self, spec: TaskSpec) -> None:
         from fanflow.executors.worker import execute
@@ -151,37 +174,69 @@ class LocalExecutor(Executor):
             timeout = 0.05 if timeout is None else min(timeout, 0.05)
         if results:
             timeout = 0
-        conns = [w.conn for w in self._busy.values()] + [self._wake_r]
-        for conn in multiprocessing.connection.wait(conns, timeout):
+        workers = {w.conn: w for w in self._busy.values()}
+        for conn in multiprocessing.connection.wait([*workers, self._wake_r], timeout):
             if conn is self._wake_r:
                 while self._wake_r.poll():
                     self._wake_r.recv_bytes()
                 continue
-            worker = next(w for w in self._busy.values() if w.conn is conn)
-            spec = worker.task
-            try:
-                result = TaskResult.from_dict(conn.recv())
-            except (EOFError, OSError):
-                code = _exit_code(worker.process)
-                self._busy.pop(spec.task, None)
-                self._discard(worker)
-                results.append(
-                    TaskResult(
-                        spec.task,
-                        spec.attempt,
-                        "crashed",
-                        retryable=True,
-                        error=f"the worker process died (exit code {code})",
-                        ended=time.time(),
-                        worker=worker.name,
-                    )
-                )
-                continue
-            self._busy.pop(spec.task, None)
-            worker.task = None
-            self._idle.append(worker)
-            results.append(result)
+            worker = workers[conn]
+            while worker.tasks:
+                try:
+                    result = TaskResult.from_dict(conn.recv())
+                except (EOFError, OSError):
+                    code = _exit_code(worker.process)
+                    results += self._lost_results(worker, f"the worker process died (exit code {code})")
+                    break
+                self._finished(worker, result, results)
+                if not conn.poll():
+                    break
         return results + self._drain()
+
+    def _finished(self, worker: _Worker, result: TaskResult, results: list[TaskResult]) -> None:
+        spec = worker.tasks.pop(0)
+        if spec.task in worker.dropped:
+            worker.dropped.discard(spec.task)
+        else:
+            self._busy.pop(spec.task, None)
+            results.append(result)
+        if not worker.tasks:
+            self._idle.append(worker)
+
+    def _lost_results(self, worker: _Worker, error: str) -> list[TaskResult]:
+        """A worker died: the task it was running is reported as crashed; tasks queued behind
+        it never started, so they go to another worker."""
+        running, queued = worker.tasks[:1], worker.tasks[1:]
+        worker.tasks = []
+        if worker in self._idle:
+            self._idle.remove(worker)
+        self._discard(worker)
+        results = []
+        for spec in running:
+            if self._busy.get(spec.task) is worker:
+                del self._busy[spec.task]
+                if spec.task not in worker.dropped:
+                    results.append(
+                        TaskResult(
+                            spec.task,
+                            spec.attempt,
+                            "crashed",
+                            retryable=True,
+                            error=error,
+                            ended=time.time(),
+                            worker=worker.name,
+                        )
+                    )
+        for spec in queued:
+            if self._busy.get(spec.task) is worker:
+                del self._busy[spec.task]
+                if spec.task not in worker.dropped:
+                    self.submit(spec)
+        return results
+
+    def _post_all(self, results: list[TaskResult]) -> None:
+        for result in results:
+            self._post(result)
 
     def _drain(self) -> list[TaskResult]:
         out = []
@@ -195,14 +250,32 @@ class LocalExecutor(Executor):
     def stop(self, task: str, status: Status = "cancelled", reason: str = "") -> None:
         worker = self._busy.pop(task, None)
         if worker is not None:
-            spec = worker.task
-            kill_group(worker.process.pid)
-            self._discard(worker)
+            spec = next(t for t in worker.tasks if t.task == task)
             self._post(
                 TaskResult(
                     task, spec.attempt, status, error=reason or None, ended=time.time(), worker=worker.name
                 )
             )
+            if worker.tasks[0] is not spec:  # still queued: let it run, drop its result
+                worker.dropped.add(task)
+                return
+            # Killing the worker stops what it runs and what waits behind it.
+            others = [t for t in worker.tasks[1:] if t.task not in worker.dropped]
+            for other in others:
+                self._busy.pop(other.task, None)
+                self._post(
+                    TaskResult(
+                        other.task,
+                        other.attempt,
+                        status,
+                        error="its worker was stopped",
+                        ended=time.time(),
+                        worker=worker.name,
+                    )
+                )
+            worker.tasks.clear()
+            kill_group(worker.process.pid)
+            self._discard(worker)
             return
         spec = self._thread_tasks.pop(task, None)
         if spec is not None:  # a thread cannot be killed: its late result will be ignored
@@ -233,12 +306,13 @@ class LocalExecutor(Executor):
             for handle in service.logs:
                 handle.close()
         self._services.clear()
-        for worker in list(self._busy.values()):
+        busy = {id(w): w for w in self._busy.values()}.values()
+        for worker in busy:
             kill_group(worker.process.pid)
         for worker in self._idle:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
-        for worker in [*self._idle, *self._busy.values()]:
+        for worker in [*self._idle, *busy]:
             try:
                 worker.process.wait(2)
             except subprocess.TimeoutExpired:

@@ -29,16 +29,17 @@ def main(fd: int, name: str) -> int:
             return 0
         if message is None:
             return 0
-        spec = TaskSpec(**message)
-        capture.begin(spec.log_prefix)
-        try:
-            result = execute(spec, worker=name)
-        finally:
-            capture.end()
-        try:
-            conn.send(result.__dict__)
-        except (OSError, ValueError):
-            return 0
+        for item in message if isinstance(message, list) else [message]:
+            spec = TaskSpec(**item)
+            capture.begin(spec.log_prefix)
+            try:
+                result = execute(spec, worker=name)
+            finally:
+                capture.end()
+            try:
+                conn.send(result.__dict__)
+            except (OSError, ValueError):
+                return 0
 
 
 if __name__ == "__main__":

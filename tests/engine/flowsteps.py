@@ -148,3 +148,13 @@ def kill_and_ask_again(endpoints: list) -> dict:
 
 def crash_on_start() -> None:
     raise RuntimeError("cannot bind")
+
+
+def tiny(x: int, crash_on: int = -1, fail_on: int = -1, crash_marker: str = "") -> int:
+    """A no-op sized task; can kill its own worker process once (crash_marker) or fail."""
+    if x == crash_on and crash_marker and not Path(crash_marker).exists():
+        Path(crash_marker).touch()
+        os._exit(3)
+    if x == fail_on:
+        raise ValueError(f"tiny {x} failed")
+    return x

@@ -143,8 +143,8 @@ def _check_fan_in_and_quorum(core, name, step, steps):
             fan_in = [t for t in core.tasks.values() if t.step in ups and steps[t.step].get("fan_out")]
             need = _quorum_need(step["min_success"], len(fan_in))
             assert sum(t.state is State.SUCCEEDED for t in fan_in) >= need, "quorum ran below its minimum"
-    if "min_success" in step and any(t.state is State.FAILED for t in tasks) and tasks[0].error:
-        if "quorum" in tasks[0].error:
-            fan_in = [t for t in core.tasks.values() if t.step in ups and steps[t.step].get("fan_out")]
-            need = _quorum_need(step["min_success"], len(fan_in))
-            assert sum(t.state is State.SUCCEEDED for t in fan_in) < need
+    failed = any(t.state is State.FAILED for t in tasks)
+    if "min_success" in step and failed and tasks[0].error and "quorum" in tasks[0].error:
+        fan_in = [t for t in core.tasks.values() if t.step in ups and steps[t.step].get("fan_out")]
+        need = _quorum_need(step["min_success"], len(fan_in))
+        assert sum(t.state is State.SUCCEEDED for t in fan_in) < need

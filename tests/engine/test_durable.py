@@ -1,7 +1,6 @@
 """Durable runs: caching across runs, resume after a failure or a killed engine."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

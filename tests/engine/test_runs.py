@@ -236,7 +236,7 @@ def test_sigint_cancels_the_run_kills_tasks_and_records_cancelled(flow, home, wo
         time.sleep(0.1)
     assert pid_file.exists(), "the task never started"
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)
+    _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "cancelled by SIGINT" in stderr
     child = int(pid_file.read_text())

@@ -74,7 +74,7 @@ def test_a_torch_artifact_holding_code_is_not_loaded(tmp_path):
     buffer = io.BytesIO()
     torch.save({"w": torch.zeros(1), "x": Sneaky()}, buffer)
     obj = store.put_bytes(buffer.getvalue(), suffix=".pt")
-    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+    with pytest.raises(Exception, match=r"Weights only load failed|weights_only"):
         decode({"$artifact": obj.digest, "format": "torch", "suffix": ".pt"}, store)
     assert not Path("/tmp/fanflow-pwned").exists()
 

@@ -1,0 +1,234 @@
+"""Pieces of the serving benchmark: a torch CNN predictor of the reference models' cost,
+servers in their own processes, and a light HTTP/1.1 load generator on loopback.
+
+The load generator speaks HTTP/1.1 over keep-alive connections by hand (a pre-encoded
+request, a response read by its Content-Length) so that it costs the machine far less than
+the servers it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TAGS = [str(d) for d in range(10)]
+SHAPE = (8, 32, 32)
+
+
+class ClipCNN:
+    """A frame-wise CNN like the reference models (conv 16-32-64 with pooling, max over space
+    and time, a sigmoid head; about 24k parameters), with seeded random weights. It keeps the
+    fitted-predictor contract."""
+
+    def __init__(self, seed: int = 0, threshold: float = 0.5):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        self.tags_ = list(TAGS)
+        self.input_shape_ = SHAPE
+        self.threshold_ = threshold
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        ).eval()  # fmt: skip
+        self.head = nn.Linear(64, len(TAGS)).eval()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+            b, t = x.shape[:2]
+            f = self.features((x.flatten(0, 1).unsqueeze(1) - 0.1) / 0.2).amax(dim=(2, 3))
+            logits = self.head(f.view(b, t, -1).amax(dim=1))
+            return torch.sigmoid(logits).numpy()
+
+
+# -- servers in their own processes ----------------------------------------------------------
+
+
+def _announce_to_a_file() -> None:
+    # The servers announce themselves to a file, as under the workflow engine (the
+    # benchmark takes the URL from its queue), rather than printing.
+    os.environ["FANFLOW_SERVICE_READY_FILE"] = os.path.join(tempfile.mkdtemp(), "ready.json")
+
+
+def _member_main(name: str, seed: int, urls) -> None:
+    from fanflow.serving.model_server import serve_model
+
+    _announce_to_a_file()
+    serve_model(ClipCNN(seed), name, port=0, on_ready=urls.put)
+
+
+def _gateway_main(members: list[dict], options: dict, urls) -> None:
+    from fanflow.serving.gateway import serve_gateway
+
+    _announce_to_a_file()
+    serve_gateway(members, port=0, on_ready=urls.put, **options)
+
+
+class ServerProcess:
+    def __init__(self, target, *args):
+        ctx = mp.get_context("spawn")
+        urls = ctx.Queue()
+        self.process = ctx.Process(target=target, args=(*args, urls), daemon=True)
+        self.process.start()
+        self.urls = urls
+
+    def wait_url(self, timeout: float = 120.0) -> str:
+        self.url = self.urls.get(timeout=timeout)
+        return self.url
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(10)
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(10)
+        if self.process.is_alive():
+            self.kill()
+
+
+def start_member(name: str, seed: int) -> ServerProcess:
+    return ServerProcess(_member_main, name, seed)
+
+
+def start_gateway(members: list[dict], **options) -> ServerProcess:
+    return ServerProcess(_gateway_main, members, options)
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    latencies: list[float] = field(default_factory=list)  # seconds, of the 200 answers
+    errors: int = 0  # any answer but 200, and broken connections
+    degraded: int = 0  # 200 answers marked degraded
+    failed_members: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, other: LoadResult) -> LoadResult:
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.degraded += other.degraded
+        for member, count in other.failed_members.items():
+            self.failed_members[member] = self.failed_members.get(member, 0) + count
+        self.error_samples += other.error_samples[: 5 - len(self.error_samples)]
+        self.seconds += other.seconds
+        return self
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + self.errors
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+def request_bytes(url: str, path: str, body: bytes) -> tuple[str, int, bytes]:
+    hostport = url.removeprefix("http://")
+    host, port = hostport.rsplit(":", 1)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return host, int(port), head + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def _exchange(connection, payload: bytes) -> tuple[int, bytes]:
+    reader, writer = connection
+    writer.write(payload)
+    return await _read_response(reader)
+
+
+async def _client(targets, deadline, result: LoadResult, record: bool, inspect: bool) -> None:
+    """One closed-loop client: each request goes to every target at once (one target for a
+    plain run) and is done when all have answered."""
+    connections = None
+    while time.perf_counter() < deadline:
+        try:
+            if connections is None:
+                connections = [await asyncio.open_connection(host, port) for host, port, _ in targets]
+            start = time.perf_counter()
+            answers = await asyncio.gather(
+                *(_exchange(c, t[2]) for c, t in zip(connections, targets, strict=True))
+            )
+            elapsed = time.perf_counter() - start
+        except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+            if record:
+                result.errors += 1
+                if len(result.error_samples) < 5:
+                    result.error_samples.append(f"{type(e).__name__}: {e}")
+            for _, writer in connections or []:
+                writer.close()
+            connections = None
+            await asyncio.sleep(0.01)
+            continue
+        if not record:
+            continue
+        bad = [(status, body) for status, body in answers if status != 200]
+        if bad:
+            result.errors += 1
+            if len(result.error_samples) < 5:
+                result.error_samples.append(f"{bad[0][0]}: {bad[0][1][:200]!r}")
+            continue
+        result.latencies.append(elapsed)
+        if inspect:
+            parameters = json.loads(answers[0][1]).get("parameters", {})
+            if parameters.get("degraded"):
+                result.degraded += 1
+                for member in json.loads(parameters["failed_members"]):
+                    result.failed_members[member] = result.failed_members.get(member, 0) + 1
+    for _, writer in connections or []:
+        writer.close()
+
+
+async def _load(targets, clients, seconds, warmup, inspect, during=None) -> LoadResult:
+    if warmup:
+        end = time.perf_counter() + warmup
+        await asyncio.gather(*(_client(targets, end, LoadResult(), False, False) for _ in range(clients)))
+    result = LoadResult()
+    start = time.perf_counter()
+    tasks = [_client(targets, start + seconds, result, True, inspect) for _ in range(clients)]
+    if during is not None:
+        tasks.append(during())
+    await asyncio.gather(*tasks)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_load(targets, body, clients, seconds, warmup=0.5, inspect=False, during=None) -> LoadResult:
+    """``clients`` closed-loop clients POST ``body`` to each ``(url, path)`` of ``targets``
+    at once for ``seconds`` (after ``warmup`` unmeasured seconds); ``during`` is a coroutine
+    function run alongside."""
+    requests = [request_bytes(url, path, body) for url, path in targets]
+    return asyncio.run(_load(requests, clients, seconds, warmup, inspect, during))

@@ -1,0 +1,242 @@
+"""Calling V2 servers: the gateway's calls to its members (async, with a deadline) and a
+small blocking client for the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+# httpcore tries `import sniffio` on every request; since anyio stopped depending on it, a
+# missing sniffio means a failed import (a search of sys.path) on each call, several per
+# request (encode/httpcore#1103). Recording the absence makes those imports fail at once.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)
+
+from fanflow.serving import wire
+from fanflow.serving.protocol import check_model_name
+from fanflow.serving.wire import TagBatch
+
+
+@dataclass(frozen=True)
+class Member:
+    """A model server the gateway asks: its model's name (also the member's name in
+    provenance) and its base URL."""
+
+    name: str
+    url: str
+
+    @property
+    def model_url(self) -> str:
+        return f"{self.url}/v2/models/{self.name}"
+
+
+def members_from(specs) -> list[Member]:
+    """Members from announced endpoints (``{"url", "model"}``), ``"NAME=URL"`` strings or
+    Member objects; names must be distinct."""
+    members = []
+    for spec in specs:
+        if isinstance(spec, Member):
+            member = spec
+        elif isinstance(spec, dict):
+            if not isinstance(spec.get("url"), str) or not isinstance(spec.get("model"), str):
+                raise ValueError(f"a member is described by {{'url': ..., 'model': ...}}, got {spec!r}")
+            member = Member(spec["model"], spec["url"])
+        elif isinstance(spec, str) and "=" in spec:
+            name, _, url = spec.partition("=")
+            member = Member(name, url)
+        else:
+            raise ValueError(
+                f"cannot read a member from {spec!r} (expected NAME=URL or an announced endpoint)"
+            )
+        check_model_name(member.name)
+        if urlsplit(member.url).scheme not in ("http", "https"):
+            raise ValueError(f"member {member.name}: {member.url!r} is not an http(s) URL")
+        members.append(Member(member.name, member.url.rstrip("/")))
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    names = [m.name for m in members]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"members must have distinct names; repeated: {duplicates}")
+    return members
+
+
+@dataclass
+class MemberAnswer:
+    member: Member
+    outcome: str  # ok | timeout | unreachable | rejected | error | malformed
+    seconds: float
+    batch: TagBatch | None = None
+    response: dict | None = None
+    status: int | None = None  # the HTTP status, when the member answered
+    error: str | None = None  # why the member gave no usable answer
+    detail: str | None = None  # the member's own error message, when it answered with one
+
+    @property
+    def ok(self) -> bool:
+        return self.batch is not None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            return payload["error"]
+    except ValueError:
+        pass
+    return response.text[:200] or response.reason_phrase
+
+
+async def member_request(
+    client: httpx.AsyncClient,
+    member: Member,
+    method: str,
+    path: str,
+    timeout: float,
+    body: bytes | None = None,
+) -> MemberAnswer:
+    """One request to a member, answered within ``timeout`` seconds or given up; never raises
+    for the member's failures. ``path`` is relative to the member's model URL."""
+    start = time.perf_counter()
+    headers = {"content-type": "application/json"} if body is not None else None
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.request(method, member.model_url + path, content=body, headers=headers)
+    except TimeoutError:
+        return MemberAnswer(
+            member, "timeout", time.perf_counter() - start, error=f"no answer within {timeout:g} s"
+        )
+    except httpx.ConnectError as e:
+        return MemberAnswer(
+            member,
+            "unreachable",
+            time.perf_counter() - start,
+            error=f"unreachable: {e or 'connection failed'}",
+        )
+    except httpx.HTTPError as e:
+        return MemberAnswer(
+            member, "error", time.perf_counter() - start, error=f"{type(e).__name__}: {e or 'request failed'}"
+        )
+    seconds = time.perf_counter() - start
+    if response.status_code != 200:
+        outcome = "rejected" if response.status_code in (400, 413) else "error"
+        detail = _error_text(response)
+        return MemberAnswer(
+            member,
+            outcome,
+            seconds,
+            status=response.status_code,
+            error=f"answered {response.status_code}: {detail}",
+            detail=detail,
+        )
+    try:
+        payload = response.json()
+    except ValueError:
+        return MemberAnswer(
+            member, "malformed", seconds, status=200, error="answered with a body that is not JSON"
+        )
+    return MemberAnswer(member, "ok", seconds, response=payload, status=200)
+
+
+async def infer_member(
+    client: httpx.AsyncClient, member: Member, body: bytes, timeout: float
+) -> MemberAnswer:
+    """Send an inference request's body to a member and read its tags."""
+    answer = await member_request(client, member, "POST", "/infer", timeout, body)
+    if answer.response is not None:
+        try:
+            answer.batch = wire.decode(answer.response)
+        except ValueError as e:
+            answer.outcome, answer.error = "malformed", f"sent a response fanflow cannot read: {e}"
+    return answer
+
+
+# -- a blocking client for the command line -------------------------------------------------
+
+
+class ClientError(Exception):
+    """A server that cannot be reached or that refused a request; the message says which."""
+
+
+class V2Client:
+    """A fanflow V2 server (a model server or the gateway). ``url`` is the server's address
+    (``http://host:port``) or a model's (``http://host:port/v2/models/NAME``)."""
+
+    def __init__(self, url: str, timeout: float = 60.0):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ClientError(f"not an http(s) URL: {url!r}")
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path.rstrip("/")
+        self.model = None
+        if path.startswith("/v2/models/"):
+            self.model = path.removeprefix("/v2/models/").split("/")[0]
+        elif path not in ("", "/v2"):
+            raise ClientError(f"{url}: expected a server's address or .../v2/models/NAME")
+        self._http = httpx.Client(base_url=self.base, timeout=timeout, trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> V2Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> dict | list:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as e:
+            raise ClientError(f"cannot reach {self.base}: {e}") from None
+        except httpx.TimeoutException:
+            raise ClientError(f"{self.base} did not answer in time") from None
+        except httpx.HTTPError as e:
+            raise ClientError(f"{self.base}: {type(e).__name__}: {e}") from None
+        if response.status_code != 200:
+            raise ClientError(f"{self.base}{path} answered {response.status_code}: {_error_text(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"{self.base}{path} answered with a body that is not JSON") from None
+
+    def model_name(self) -> str:
+        if self.model is None:
+            index = self._call("POST", "/v2/repository/index")
+            names = [e.get("name") for e in index if isinstance(e, dict)] if isinstance(index, list) else []
+            if len(names) != 1:
+                raise ClientError(
+                    f"{self.base} serves {len(names)} models; give the model's URL (.../v2/models/NAME)"
+                )
+            self.model = names[0]
+        return self.model
+
+    def metadata(self) -> dict:
+        return self._call("GET", f"/v2/models/{self.model_name()}")
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The (T, H, W) of one clip, from the model's metadata."""
+        metadata = self.metadata()
+        try:
+            (clips,) = [t for t in metadata["inputs"] if t["name"] == wire.INPUT]
+            shape = tuple(int(d) for d in clips["shape"][1:])
+        except (KeyError, TypeError, ValueError):
+            raise ClientError(f"{self.base}: the model's metadata has no '{wire.INPUT}' input") from None
+        return shape
+
+    def infer(self, clips: np.ndarray, request_id: str | None = None) -> dict:
+        body = json.dumps(wire.infer_request(clips, request_id)).encode()
+        return self._call(
+            "POST",
+            f"/v2/models/{self.model_name()}/infer",
+            content=body,
+            headers={"content-type": "application/json"},
+        )

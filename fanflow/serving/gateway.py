@@ -1,0 +1,353 @@
+"""The ensemble gateway: one V2 model, ``ensemble``, in front of several model servers.
+
+Each inference request goes to every member at once (one shared, pooled HTTP client), each
+call under its own deadline; the answers are combined by a strategy (``strategies``) and
+every tag carries its provenance. A member that fails or times out does not fail the
+request: the answer is marked degraded and names the member and why. Fewer answers than the
+quorum (or none) is a 503 that lists every member's error. A request the members all refuse
+(400 or 413) gets their answer.
+
+The gateway forwards the request body to the members as it came (it does not decode the
+clips; the members check them), except that it takes out an ``outputs`` list, which names
+the gateway's outputs.
+
+    python -m fanflow.serving.gateway --member cnn=http://127.0.0.1:8001 \\
+        --member cnn_dropout=http://127.0.0.1:8002 --strategy union --port 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from fanflow.serving import wire
+from fanflow.serving.client import Member, MemberAnswer, infer_member, member_request, members_from
+from fanflow.serving.endpoints import build_app
+from fanflow.serving.metrics import ServerMetrics
+from fanflow.serving.protocol import (
+    DEFAULT_MAX_BODY_BYTES,
+    ProtocolError,
+    infer_response,
+    metadata_tensor,
+    parse_infer_request,
+    parse_json,
+    select_outputs,
+)
+from fanflow.serving.server import DEFAULT_HOST, serve_blocking
+from fanflow.serving.strategies import STRATEGIES, Strategy
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+PLATFORM = "fanflow_ensemble"
+DEFAULT_MEMBER_TIMEOUT = 5.0
+# Connections the gateway keeps open to each member; more requests than this wait in the
+# gateway (a model server runs one inference at a time, so more would only queue there).
+DEFAULT_MEMBER_CONNECTIONS = 8
+OUTPUTS = (wire.TAGS, wire.SCORES, wire.PROVENANCE)
+
+
+class Gateway:
+    """The served side of the gateway (see ``endpoints.Served``)."""
+
+    name = ENSEMBLE
+    version = None
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        strategy: Strategy,
+        member_timeout: float = DEFAULT_MEMBER_TIMEOUT,
+        quorum: int = 1,
+        metrics: ServerMetrics | None = None,
+        member_connections: int = DEFAULT_MEMBER_CONNECTIONS,
+    ):
+        self.members = list(members)
+        self.strategy = strategy
+        unknown = sorted(set(strategy.weights) - {m.name for m in self.members})
+        if unknown:
+            raise ValueError(f"weights given for members that are not in the ensemble: {unknown}")
+        if not 1 <= quorum <= len(self.members):
+            raise ValueError(f"quorum must be between 1 and the {len(self.members)} members, got {quorum}")
+        if not member_timeout > 0:
+            raise ValueError(f"member_timeout must be positive, got {member_timeout}")
+        if member_connections < 1:
+            raise ValueError(f"member_connections must be at least 1, got {member_connections}")
+        self.quorum = quorum
+        self.member_timeout = member_timeout
+        self.member_connections = member_connections
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        self._metadata: dict | None = None
+        self.metrics = metrics or ServerMetrics()
+        self._member_calls = self.metrics.counter(
+            "fanflow_member_requests",
+            "Inference calls to members, by member and outcome",
+            ("member", "outcome"),
+        )
+        self._member_latency = self.metrics.histogram(
+            "fanflow_member_request_duration_seconds", "Latency of inference calls to members", ("member",)
+        )
+        self._answers = self.metrics.counter(
+            "fanflow_ensemble_answers", "Ensemble inference answers, by result", ("result",)
+        )
+
+    async def start(self) -> None:
+        # One pooled client per member: a member that hangs holds its own connections only,
+        # and each pool stays small (httpcore's bookkeeping grows with the square of a
+        # pool's connections).
+        k = self.member_connections
+        limits = httpx.Limits(max_connections=k, max_keepalive_connections=k)
+        self.clients = {
+            m.name: httpx.AsyncClient(timeout=self.member_timeout, limits=limits, trust_env=False)
+            for m in self.members
+        }
+
+    async def stop(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+    async def _ask_all(self, method: str, path: str, timeout: float) -> list[MemberAnswer]:
+        return await asyncio.gather(
+            *(member_request(self.clients[m.name], m, method, path, timeout) for m in self.members)
+        )
+
+    # -- protocol -----------------------------------------------------------------------
+    async def readiness(self) -> str | None:
+        answers = await self._ask_all("GET", "/ready", min(self.member_timeout, 2.0))
+        ready = sum(a.status == 200 for a in answers)
+        if ready >= self.quorum:
+            return None
+        errors = "; ".join(f"{a.member.name}: {a.error}" for a in answers if a.status != 200)
+        return f"{ready} member(s) ready, quorum is {self.quorum} ({errors})"
+
+    async def metadata(self) -> dict:
+        if self._metadata is not None:
+            return self._metadata
+        answers = await self._ask_all("GET", "", self.member_timeout)
+        known = [a.response for a in answers if a.response is not None]
+        if not known:
+            errors = {a.member.name: a.error for a in answers}
+            raise ProtocolError("no member answered its metadata", 503, member_errors=errors)
+        vocabulary: list[str] = []
+        for member_metadata in known:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                vocabulary += json.loads(member_metadata["parameters"]["vocabulary"])
+        vocabulary = list(dict.fromkeys(vocabulary))
+        metadata = {
+            "name": ENSEMBLE,
+            "platform": PLATFORM,
+            "inputs": known[0].get("inputs", []),
+            "outputs": [
+                metadata_tensor(wire.TAGS, "BYTES", [-1]),
+                metadata_tensor(wire.SCORES, "FP32", [-1, len(vocabulary)]),
+                metadata_tensor(wire.PROVENANCE, "BYTES", [-1]),
+            ],
+            "parameters": {
+                **self.strategy.describe(),
+                "quorum": self.quorum,
+                "vocabulary": wire.json_text(vocabulary),
+            },
+        }
+        if len(known) == len(self.members):
+            self._metadata = metadata  # complete: keep it
+        return metadata
+
+    async def infer(self, body: bytes) -> dict:
+        body, wanted = _take_outputs(body)
+        answers = await asyncio.gather(
+            *(infer_member(self.clients[m.name], m, body, self.member_timeout) for m in self.members)
+        )
+        for a in answers:
+            self._member_calls.labels(a.member.name, a.outcome).inc()
+            self._member_latency.labels(a.member.name).observe(a.seconds)
+        good = [a for a in answers if a.ok]
+        failed = {a.member.name: a.error for a in answers if not a.ok}
+        if not good:
+            rejected = [a for a in answers if a.outcome == "rejected"]
+            if rejected:  # the request itself is at fault: say so as the members did
+                self._answers.labels("rejected").inc()
+                raise ProtocolError(rejected[0].detail, rejected[0].status)
+            self._answers.labels("unavailable").inc()
+            raise ProtocolError(_summary("no member answered", failed), 503, member_errors=failed)
+        if len(good) < self.quorum:
+            self._answers.labels("unavailable").inc()
+            message = f"{len(good)} member(s) answered, fewer than the quorum of {self.quorum}"
+            raise ProtocolError(_summary(message, failed), 503, member_errors=failed)
+        try:
+            combined = self.strategy.combine([(a.member.name, a.batch) for a in good])
+        except ValueError as e:
+            self._answers.labels("unavailable").inc()
+            raise ProtocolError(
+                f"the members' answers do not agree: {e}", 503, member_errors=failed
+            ) from None
+        self._answers.labels("degraded" if failed else "complete").inc()
+        parameters: dict[str, Any] = {**self.strategy.describe(), "degraded": bool(failed)}
+        if failed:
+            parameters["failed_members"] = wire.json_text(failed)
+        request_id = good[0].response.get("id")
+        outputs = select_outputs(wire.encode(combined), wanted)
+        return infer_response(
+            ENSEMBLE, outputs, request_id if isinstance(request_id, str) else None, None, parameters
+        )
+
+
+def _summary(message: str, failed: dict[str, str]) -> str:
+    return message + ": " + "; ".join(f"{name}: {error}" for name, error in failed.items())
+
+
+def _take_outputs(body: bytes) -> tuple[bytes, list[str] | None]:
+    """The body to forward and the outputs the request names (None: all). The body is
+    decoded only when it may name outputs."""
+    if b'"outputs"' not in body:
+        return body, None
+    request = parse_json(body)
+    wanted = parse_infer_request(request).outputs
+    if wanted is None:
+        return body, None
+    select_outputs([{"name": name} for name in OUTPUTS], wanted)  # 400 for an unknown name
+    del request["outputs"]
+    return json.dumps(request).encode(), wanted
+
+
+def create_gateway_app(
+    members,
+    strategy: str = "union",
+    threshold: float = 0.5,
+    weights: dict[str, float] | None = None,
+    member_timeout: float = DEFAULT_MEMBER_TIMEOUT,
+    quorum: int = 1,
+    *,
+    member_connections: int = DEFAULT_MEMBER_CONNECTIONS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+):
+    """An ASGI app serving the ensemble of ``members`` (announced endpoints ``{"url",
+    "model"}`` or ``"NAME=URL"`` strings) under V2 as the model ``ensemble``.
+
+    ``strategy`` is one of ``strategies.STRATEGIES``; ``threshold`` applies to mean and
+    weighted, ``weights`` (member name → weight, 1 by default) to weighted. Each member call
+    has ``member_timeout`` seconds; fewer than ``quorum`` answers is a 503."""
+    metrics = ServerMetrics()
+    gateway = Gateway(
+        members_from(members),
+        Strategy(strategy, float(threshold), dict(weights or {})),
+        member_timeout,
+        quorum,
+        metrics,
+        member_connections,
+    )
+    return build_app(gateway, metrics, max_body_bytes)
+
+
+def serve_gateway(
+    members,
+    strategy: str = "union",
+    threshold: float = 0.5,
+    weights: dict[str, float] | None = None,
+    member_timeout: float = DEFAULT_MEMBER_TIMEOUT,
+    quorum: int = 1,
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    *,
+    member_connections: int = DEFAULT_MEMBER_CONNECTIONS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the ensemble (see ``create_gateway_app``) until SIGTERM; announces
+    ``{"url": ..., "model": "ensemble"}`` once listening. Its readiness follows the members'."""
+    from fanflow import runtime
+
+    app = create_gateway_app(
+        members,
+        strategy,
+        threshold,
+        weights,
+        member_timeout,
+        quorum,
+        member_connections=member_connections,
+        max_body_bytes=max_body_bytes,
+    )
+
+    def ready(url: str) -> None:
+        runtime.announce({"url": url, "model": ENSEMBLE})
+        if on_ready is not None:
+            on_ready(url)
+
+    port = runtime.service_port() if port is None else port
+    serve_blocking(app, host, port, on_ready=ready)
+
+
+def _weight(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, got {text!r}")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"weight of {name!r} is not a number: {value!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fanflow.serving.gateway",
+        description="Serve an ensemble of V2 model servers as one V2 model, 'ensemble'.",
+    )
+    parser.add_argument(
+        "--member",
+        action="append",
+        required=True,
+        metavar="NAME=URL",
+        help="a member: its model's name and its server's URL (repeat)",
+    )
+    parser.add_argument("--strategy", default="union", choices=STRATEGIES)
+    parser.add_argument("--threshold", type=float, default=0.5, help="for mean and weighted")
+    parser.add_argument(
+        "--weight",
+        action="append",
+        type=_weight,
+        default=[],
+        metavar="NAME=WEIGHT",
+        help="a member's weight for the weighted strategy (default 1)",
+    )
+    parser.add_argument("--member-timeout", type=float, default=DEFAULT_MEMBER_TIMEOUT, help="seconds")
+    parser.add_argument("--quorum", type=int, default=1, help="answer only when this many members answered")
+    parser.add_argument(
+        "--member-connections",
+        type=int,
+        default=DEFAULT_MEMBER_CONNECTIONS,
+        help="open connections per member",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=None, help="port to bind; 0 picks a free one")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        serve_gateway(
+            args.member,
+            args.strategy,
+            args.threshold,
+            dict(args.weight),
+            args.member_timeout,
+            args.quorum,
+            args.host,
+            args.port,
+            member_connections=args.member_connections,
+            max_body_bytes=args.max_body_bytes,
+            on_ready=lambda url: print(url, flush=True),
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
