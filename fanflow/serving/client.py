@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -85,18 +86,18 @@ class MemberAnswer:
         return self.batch is not None
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(body: bytes, reason: str) -> str:
     try:
-        payload = response.json()
+        payload = json.loads(body)
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
             return payload["error"]
     except ValueError:
         pass
-    return response.text[:200] or response.reason_phrase
+    return body[:200].decode("utf-8", "replace") or reason
 
 
 async def member_request(
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     member: Member,
     method: str,
     path: str,
@@ -109,36 +110,38 @@ async def member_request(
     headers = {"content-type": "application/json"} if body is not None else None
     try:
         async with asyncio.timeout(timeout):
-            response = await client.request(method, member.model_url + path, content=body, headers=headers)
+            async with session.request(method, member.model_url + path, data=body, headers=headers) as response:
+                status, reason = response.status, response.reason or ""
+                raw = await response.read()
     except TimeoutError:
         return MemberAnswer(
             member, "timeout", time.perf_counter() - start, error=f"no answer within {timeout:g} s"
         )
-    except httpx.ConnectError as e:
+    except aiohttp.ClientConnectorError as e:
         return MemberAnswer(
             member,
             "unreachable",
             time.perf_counter() - start,
-            error=f"unreachable: {e or 'connection failed'}",
+            error=f"unreachable: {e.os_error or 'connection failed'}",
         )
-    except httpx.HTTPError as e:
+    except aiohttp.ClientError as e:
         return MemberAnswer(
             member, "error", time.perf_counter() - start, error=f"{type(e).__name__}: {e or 'request failed'}"
         )
     seconds = time.perf_counter() - start
-    if response.status_code != 200:
-        outcome = "rejected" if response.status_code in (400, 413) else "error"
-        detail = _error_text(response)
+    if status != 200:
+        outcome = "rejected" if status in (400, 413) else "error"
+        detail = _error_text(raw, reason)
         return MemberAnswer(
             member,
             outcome,
             seconds,
-            status=response.status_code,
-            error=f"answered {response.status_code}: {detail}",
+            status=status,
+            error=f"answered {status}: {detail}",
             detail=detail,
         )
     try:
-        payload = response.json()
+        payload = json.loads(raw)
     except ValueError:
         return MemberAnswer(
             member, "malformed", seconds, status=200, error="answered with a body that is not JSON"
@@ -147,10 +150,10 @@ async def member_request(
 
 
 async def infer_member(
-    client: httpx.AsyncClient, member: Member, body: bytes, timeout: float
+    session: aiohttp.ClientSession, member: Member, body: bytes, timeout: float
 ) -> MemberAnswer:
     """Send an inference request's body to a member and read its tags."""
-    answer = await member_request(client, member, "POST", "/infer", timeout, body)
+    answer = await member_request(session, member, "POST", "/infer", timeout, body)
     if answer.response is not None:
         try:
             answer.batch = wire.decode(answer.response)
@@ -202,7 +205,7 @@ class V2Client:
         except httpx.HTTPError as e:
             raise ClientError(f"{self.base}: {type(e).__name__}: {e}") from None
         if response.status_code != 200:
-            raise ClientError(f"{self.base}{path} answered {response.status_code}: {_error_text(response)}")
+            raise ClientError(f"{self.base}{path} answered {response.status_code}: {_error_text(response.content, response.reason_phrase)}")
         try:
             return response.json()
         except ValueError:
