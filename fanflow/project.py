@@ -12,6 +12,7 @@ from fanflow.engine.cache import StoreMemo
 from fanflow.engine.core import Event
 from fanflow.engine.runner import Runner, RunResult
 from fanflow.executors import create_executor
+from fanflow.spec import validate
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
 from fanflow.stores.runs import RunStore, default_url
@@ -63,6 +64,7 @@ class Project:
             previous=previous,
             source=workflow.source,
             no_cache_steps={n for n, s in workflow.steps.items() if not s.cache},
+            import_paths=workflow.import_paths,
         )
         return Runner(
             workflow,
@@ -80,12 +82,31 @@ class Project:
     def run(self, workflow: Workflow, **options: Any) -> RunResult:
         return self.runner(workflow, **options).run()
 
-    def resumable(self, run_id: str) -> tuple[Workflow, dict[str, Any], str]:
+    def servable(self, run_id: str) -> tuple[Workflow, dict[str, Any], str]:
+        """The part of an earlier run that brings its services back up: the service steps and
+        what they need, without the steps that used them. Run it with ``resume`` set to the
+        earlier run, so every task but the services is reused, not run again."""
+        workflow, params, previous = self.resumable(run_id, allow_running=True)
+        services = {name for name, step in workflow.steps.items() if step.kind == "service"}
+        if not services:
+            raise SpecError(SpecIssue(f"run {previous} has no service steps to bring up"))
+        needed: set[str] = set()
+        stack = list(services)
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            needed.add(name)
+            stack += validate.upstream(workflow, name)
+        steps = {name: step for name, step in workflow.steps.items() if name in needed}
+        return workflow.model_copy(update={"steps": steps}), params, previous
+
+    def resumable(self, run_id: str, allow_running: bool = False) -> tuple[Workflow, dict[str, Any], str]:
         """The workflow and parameters of an earlier run, to continue it."""
         row = self.store.get_run(run_id)
         if row is None:
             raise RunNotFound(f"no run {run_id!r} in {self.db_url}")
-        if row.state == "running":
+        if row.state == "running" and not allow_running:
             raise SpecError(SpecIssue(f"run {row.id} is still running (pid alive); stop it first"))
         if row.state == "interrupted":
             self.store.mark_interrupted(row.id)

@@ -253,6 +253,48 @@ def resume(
     )
 
 
+# -- serving ---------------------------------------------------------------------------------
+@app.command()
+def serve(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A finished run with service steps.")],
+    home: HomeOption = None,
+) -> None:
+    """Bring a finished run's services (its selected models' servers and the gateway) back up
+    from its artifacts, without retraining; print their URLs and serve until Ctrl-C."""
+    from fanflow.project import RunNotFound
+
+    project = _project(home)
+    try:
+        spec, params, previous = project.servable(run_id)
+    except RunNotFound as exc:
+        raise UsageError(str(exc)) from None
+    _execute(
+        spec,
+        params,
+        executor="local",
+        address=None,
+        cache=True,
+        serve=True,
+        json_output=False,
+        home=home,
+        resume=previous,
+    )
+
+
+@app.command()
+def predict(
+    clip_files: Annotated[
+        list[Path], typer.Argument(metavar="CLIP_FILE...", help="Video files or .npy clips.")
+    ],
+    url: Annotated[str, typer.Option(help="A model server's or the gateway's address.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Tag clips with a served model or the ensemble; each tag says which model found it."""
+    from fanflow.serving.cli import predict as run_predict
+
+    raise typer.Exit(run_predict(url, clip_files, as_json=json_output))
+
+
 # -- validate, schema, graph -----------------------------------------------------------------
 @app.command()
 def validate(workflow: Annotated[Path, typer.Argument(help="A workflow file (.yaml or .py).")]) -> None:

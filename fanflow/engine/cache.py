@@ -22,8 +22,9 @@ _CODE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class CodeHasher:
-    def __init__(self, source: str | None = None):
+    def __init__(self, source: str | None = None, import_paths: list[str] = ()):
         self.source = source
+        self.import_paths = list(import_paths)
         self._modules: dict[str, str] = {}
 
     def module(self, name: str) -> str:
@@ -34,7 +35,7 @@ class CodeHasher:
 
     def _hash_module(self, name: str) -> str:
         try:
-            with importable_from(self.source):
+            with importable_from(self.source, self.import_paths):
                 spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
             spec = None
@@ -86,11 +87,12 @@ class StoreMemo:
         previous: dict[str, dict] | None = None,
         source: str | None = None,
         no_cache_steps: set[str] | None = None,
+        import_paths: list[str] = (),
     ):
         self.store = store
         self.use_cache = use_cache
         self.previous = previous or {}  # task name -> {"cache_key", "output"} of the resumed run
-        self.code = CodeHasher(source)
+        self.code = CodeHasher(source, import_paths)
         self.no_cache_steps = no_cache_steps or set()
         self.keys: dict[str, str] = {}
 

@@ -20,6 +20,7 @@ from fanflow.engine.core import Event, Scheduler, State, Task
 from fanflow.engine.plan import Plan
 from fanflow.executors.base import Executor, TaskResult, TaskSpec
 from fanflow.spec.model import Workflow
+from fanflow.spec.subflows import OUTPUTS_FUNCTION
 from fanflow.stores.values import artifact_digests
 
 
@@ -130,7 +131,9 @@ class Runner:
         self.scratch_dir = self.home / "tmp" / self.run_id
         self._log_root, self._scratch_root = str(self.log_dir), str(self.scratch_dir)
         self._log_root, self._scratch_root = str(self.log_dir), str(self.scratch_dir)
-        self.import_paths = [str(Path(workflow.source).resolve().parent)] if workflow.source else []
+        self.import_paths = list(workflow.import_paths) or (
+            [str(Path(workflow.source).resolve().parent)] if workflow.source else []
+        )
         self._deadlines: dict[str, tuple[float, str]] = {}
         self._ports: dict[str, int] = {}
         self._restarts: dict[str, int] = {}
@@ -183,11 +186,15 @@ class Runner:
                 return
             now = time.time()
             before = len(core.events)
-            specs = [
-                (task, self._spec(task))
-                for task in core.next_tasks(now, self._reuse if self.memo and self.memo.active else None)
-            ]
-            reused_any = len(core.events) > before + len(specs)
+            reuse = self._reuse if self.memo and self.memo.active else None
+            specs = []
+            for task in core.next_tasks(now, reuse, self._light.steps):
+                if self.plan.steps[task.step].step.uses == OUTPUTS_FUNCTION:
+                    # A sub-workflow's outputs: references passed through, nothing to run.
+                    core.succeeded(task.name, task.inputs["outputs"], now)
+                else:
+                    specs.append((task, self._spec(task)))
+            reused_any = len(core.events) > before + 2 * len(specs)
             self._flush()  # every change so far is on record before the executor is asked
             for task, spec in specs:
                 self.executor.submit(spec)

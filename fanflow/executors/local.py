@@ -206,32 +206,22 @@ class LocalExecutor(Executor):
     def _lost_results(self, worker: _Worker, error: str) -> list[TaskResult]:
         """A worker died: the task it was running is reported as crashed; tasks queued behind
         it never started, so they go to another worker."""
-        running, queued = worker.tasks[:1], worker.tasks[1:]
-        worker.tasks = []
+        held = [spec for spec in worker.tasks
+                if self._busy.get(spec.task) is worker and spec.task not in worker.dropped]
+        for spec in worker.tasks:
+            if self._busy.get(spec.task) is worker:
+                del self._busy[spec.task]
+        running = worker.tasks[:1]
+        worker.tasks, worker.outbox = [], []
+        self._outboxes.pop(id(worker), None)
         if worker in self._idle:
             self._idle.remove(worker)
         self._discard(worker)
-        results = []
-        for spec in running:
-            if self._busy.get(spec.task) is worker:
-                del self._busy[spec.task]
-                if spec.task not in worker.dropped:
-                    results.append(
-                        TaskResult(
-                            spec.task,
-                            spec.attempt,
-                            "crashed",
-                            retryable=True,
-                            error=error,
-                            ended=time.time(),
-                            worker=worker.name,
-                        )
-                    )
-        for spec in queued:
-            if self._busy.get(spec.task) is worker:
-                del self._busy[spec.task]
-                if spec.task not in worker.dropped:
-                    self.submit(spec)
+        results = [TaskResult(spec.task, spec.attempt, "crashed", retryable=True, error=error,
+                              ended=time.time(), worker=worker.name) for spec in held if spec in running]
+        for spec in held:
+            if spec not in running:
+                self.submit(spec)
         return results
 
     def _post_all(self, results: list[TaskResult]) -> None:

@@ -33,6 +33,14 @@ def store_for(url: str) -> ArtifactStore:
 
 
 def import_callable(uses: str, import_paths: list[str] = ()):
+    target = import_callable_or_value(uses, import_paths)
+    if not callable(target):
+        raise StepImportError(f"{uses} is not callable")
+    return target
+
+
+def import_callable_or_value(uses: str, import_paths: list[str] = ()):
+    """The object that ``package.module:attribute`` names."""
     for folder in import_paths:
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -47,8 +55,6 @@ def import_callable(uses: str, import_paths: list[str] = ()):
         if not hasattr(target, part):
             raise StepImportError(f"module {module_name!r} has no {attribute!r}")
         target = getattr(target, part)
-    if not callable(target):
-        raise StepImportError(f"{uses} is not callable")
     return target
 
 

@@ -72,7 +72,11 @@ def syntax_problem(expression: str) -> str | None:
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
             return f"not allowed in a condition: {type(node).__name__}"
-        if isinstance(node, ast.Name) and node.id not in names and node.id not in ("true", "false", "null", "len"):
+        if (
+            isinstance(node, ast.Name)
+            and node.id not in names
+            and node.id not in ("true", "false", "null", "len")
+        ):
             return f"unknown name {node.id!r}: refer to values as ${{params.x}} or ${{step.field}}"
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id == "len"):
             return "the only function allowed in a condition is len()"

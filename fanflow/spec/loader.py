@@ -8,7 +8,7 @@ from typing import Any
 
 import pydantic
 
-from fanflow.spec import validate
+from fanflow.spec import subflows, validate
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Param, Resources, Step, Workflow
 from fanflow.spec.positions import Positions, load_yaml_with_positions
@@ -16,7 +16,7 @@ from fanflow.spec.positions import Positions, load_yaml_with_positions
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def load_workflow(path: str | Path, *, check_imports: bool = True) -> Workflow:
+def load_workflow(path: str | Path, *, check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
     """Read and validate a workflow file (YAML, or Python defining a ``fanflow.Workflow``)."""
     path = Path(path)
     if not path.is_file():
@@ -24,7 +24,7 @@ def load_workflow(path: str | Path, *, check_imports: bool = True) -> Workflow:
     if path.suffix == ".py":
         from fanflow.spec.python_api import load_python_workflow
 
-        return load_python_workflow(path, check_imports=check_imports)
+        return load_python_workflow(path, check_imports=check_imports, _stack=_stack)
     if path.suffix not in YAML_SUFFIXES:
         raise SpecError(
             SpecIssue(
@@ -36,17 +36,20 @@ def load_workflow(path: str | Path, *, check_imports: bool = True) -> Workflow:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(SpecIssue(f"cannot read the file: {exc}", file=str(path))) from None
     data, positions = load_yaml_with_positions(text, str(path))
-    return workflow_from_dict(data, source=str(path), positions=positions, check_imports=check_imports)
+    return workflow_from_dict(data, source=str(path), positions=positions, check_imports=check_imports,
+                              _stack=_stack or (str(path.resolve()),))
 
 
-def workflow_from_dict(
-    data: Any, *, source: str | None = None, positions: Positions | None = None, check_imports: bool = True
-) -> Workflow:
+def workflow_from_dict(data: Any, *, source: str | None = None, positions: Positions | None = None,
+                       check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
     positions = positions or Positions(file=source)
     if not isinstance(data, dict):
         raise SpecError(positions.issue(f"expected a mapping with name and steps, got {type(data).__name__}"))
+    data, folders = subflows.inline(data, source, positions, check_imports=check_imports, stack=_stack)
+    own = [str(Path(source).resolve().parent)] if source else []
     try:
-        workflow = Workflow.model_validate({**data, "source": source})
+        workflow = Workflow.model_validate({**data, "source": source,
+                                            "import_paths": own + [f for f in folders if f not in own]})
     except pydantic.ValidationError as exc:
         raise SpecError(_issues(exc, data, positions)) from None
     validate.check(workflow, positions, check_imports=check_imports)
@@ -71,8 +74,10 @@ def _issues(exc: pydantic.ValidationError, data: Any, positions: Positions) -> l
 
 
 def _misspelt(path: tuple, unknown: set) -> bool:
-    return any(parent == path[:-1] and difflib.get_close_matches(str(key), [str(path[-1])], cutoff=0.6)
-               for parent, key in unknown)
+    return any(
+        parent == path[:-1] and difflib.get_close_matches(str(key), [str(path[-1])], cutoff=0.6)
+        for parent, key in unknown
+    )
 
 
 def _data_path(loc: tuple, data: Any) -> tuple:

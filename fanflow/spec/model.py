@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*(/[A-Za-z_][A-Za-z0-9_-]*)*$"  # outer/inner: sub-workflows
 USES_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 _DURATION = re.compile(
@@ -198,9 +199,17 @@ class Workflow(_Strict):
     version: str | None = None
     params: dict[str, Param] = Field(default_factory=dict)
     steps: dict[str, Step] = Field(description="Steps by name, in the order they are declared.")
+    outputs: dict[str, Any] | None = Field(
+        None,
+        description="What the workflow gives a workflow that uses it, e.g. {model: ${select}}; "
+        "by default the outputs of its last steps.",
+    )
     parallelism: int | None = Field(None, ge=1, description="At most this many tasks at once.")
     on_failure: FailurePolicy = "fail_fast"
     source: str | None = Field(None, exclude=True, description="The file the workflow came from.")
+    import_paths: list[str] = Field(
+        default_factory=list, exclude=True, description="Folders step modules are imported from."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -208,7 +217,7 @@ class Workflow(_Strict):
         if not steps:
             raise ValueError("a workflow needs at least one step")
         for name in steps:
-            if not re.match(NAME_PATTERN, name) or name in ("params", "item"):
+            if not re.match(STEP_NAME_PATTERN, name) or name in ("params", "item"):
                 raise ValueError(
                     f"step name {name!r} must be a name (letters, digits, _ and -), not 'params' or 'item'"
                 )

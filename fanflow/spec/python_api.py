@@ -86,11 +86,12 @@ class StepHandle:
     references to the step's output for the steps that follow."""
 
     def __init__(self, fn, name: str, options: dict[str, Any]):
-        self.fn = fn
+        self.fn = fn  # None for a step that uses a workflow
         self.name = name
         self.options = options
-        self.__doc__ = fn.__doc__
-        self.__wrapped__ = fn
+        if fn is not None:
+            self.__doc__ = fn.__doc__
+            self.__wrapped__ = fn
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -147,11 +148,32 @@ class FlowBuilder:
 
         return decorate
 
+    def use(self, name: str, workflow: str, **options: Any) -> StepHandle:
+        """A step that runs another workflow (a file relative to this one, or
+        ``workflow:NAME`` for an installed one); ``with_`` gives its parameters."""
+        if name in self.steps:
+            raise SpecError(
+                SpecIssue(f"a second step named {name!r}", field=f"steps.{name}", file=self.source)
+            )
+        handle = StepHandle(None, name, {**options, "uses": workflow})
+        self.steps[name] = handle
+        return handle
+
     def to_dict(self) -> dict[str, Any]:
         steps = {}
         for step_name, handle in self.steps.items():
             options = dict(handle.options)
             arguments = {k: _plain(v) for k, v in options.pop("with_", {}).items()}
+            if handle.fn is None:  # a sub-workflow
+                entry = {"uses": options.pop("uses"), **({"with": arguments} if arguments else {})}
+                for key, value in options.items():
+                    entry[key] = (
+                        [v.name if isinstance(v, StepHandle) else v for v in value]
+                        if key == "needs"
+                        else _plain(value)
+                    )
+                steps[step_name] = entry
+                continue
             for parameter in inspect.signature(handle.fn).parameters.values():
                 if isinstance(parameter.default, RefExpr | StepHandle):
                     arguments.setdefault(parameter.name, _plain(parameter.default))
@@ -165,16 +187,17 @@ class FlowBuilder:
             steps[step_name] = entry
         return {"name": self.name, "params": dict(self.params), **_plain(self.options), "steps": steps}
 
-    def spec(self, *, check_imports: bool = True) -> Workflow:
+    def spec(self, *, check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
         from fanflow.spec.loader import workflow_from_dict
 
-        return workflow_from_dict(
-            self.to_dict(), source=self.source, positions=self._positions(), check_imports=check_imports
-        )
+        return workflow_from_dict(self.to_dict(), source=self.source, positions=self._positions(),
+                                  check_imports=check_imports, _stack=_stack)
 
     def _positions(self) -> Positions:
         table = {}
         for step_name, handle in self.steps.items():
+            if handle.fn is None:
+                continue
             try:
                 line = inspect.getsourcelines(handle.fn)[1]
             except (OSError, TypeError):
@@ -188,7 +211,7 @@ def flow(name: str, *, params: dict[str, Any] | None = None, **options: Any) -> 
     return FlowBuilder(name, params=params, **options)
 
 
-def load_python_workflow(path: Path, *, check_imports: bool = True) -> Workflow:
+def load_python_workflow(path: Path, *, check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
     """Import a Python workflow file (its folder on the import path) and build its spec."""
     path = Path(path).resolve()
     folder = str(path.parent)
@@ -215,7 +238,7 @@ def load_python_workflow(path: Path, *, check_imports: bool = True) -> Workflow:
             SpecIssue(f"expected one workflow made with fanflow.flow(...), found {found}", file=str(path))
         )
     builders[0].source = str(path)
-    return builders[0].spec(check_imports=check_imports)
+    return builders[0].spec(check_imports=check_imports, _stack=_stack or (str(path),))
 
 
 def _error_line(exc: BaseException, path: Path) -> int | None:

@@ -23,7 +23,7 @@ RESERVED_ROOTS = frozenset({PARAMS, ITEM})
 _REF = re.compile(r"(?<!\$)\$\{([^{}]*)\}")
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _SEGMENT = re.compile(rf"\.({_NAME})|\[(\*|-?\d+)\]")
-_ROOT = re.compile(rf"\s*({_NAME})")
+_ROOT = re.compile(rf"\s*({_NAME}(?:/{_NAME})*)")  # a sub-workflow's steps are named outer/inner
 
 
 class RefSyntaxError(ValueError):

@@ -28,7 +28,7 @@ def check(workflow: Workflow, positions: Positions | None = None, *, check_impor
     if not issues:
         issues += _check_cycles(workflow, positions)
     if not issues and check_imports:
-        with importable_from(workflow.source):
+        with importable_from(workflow.source, workflow.import_paths):
             for name, step in workflow.steps.items():
                 problem = missing_function(step.uses)
                 if problem:
@@ -210,16 +210,17 @@ def _suggest(word: str, known) -> str:
 
 
 @contextmanager
-def importable_from(source: str | None):
-    """Make modules that sit next to the workflow file importable while checking."""
-    folder = str(FilePath(source).resolve().parent) if source else None
-    added = folder is not None and folder not in sys.path
-    if added:
+def importable_from(source: str | None, extra: list[str] = ()):
+    """Make modules that sit next to the workflow file (and its sub-workflows') importable."""
+    folders = [str(FilePath(source).resolve().parent)] if source else []
+    folders += [f for f in extra if f not in folders]
+    added = [f for f in folders if f not in sys.path]
+    for folder in reversed(added):
         sys.path.insert(0, folder)
     try:
         yield
     finally:
-        if added:
+        for folder in added:
             sys.path.remove(folder)
 
 

@@ -236,6 +236,8 @@ class RunStore:
     # -- recording (the engine's Recorder) ----------------------------------------------
     def begin(self, run) -> None:
         spec = run.workflow.model_dump(mode="json", by_alias=True, exclude_none=True)
+        spec["import_paths"] = run.workflow.import_paths  # where sub-workflows' modules live
+        spec["import_paths"] = run.workflow.import_paths  # where sub-workflows' modules live
         with self.engine.begin() as conn:
             conn.execute(
                 runs.insert().values(
