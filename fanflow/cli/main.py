@@ -66,9 +66,28 @@ def _params(values: list[str] | None) -> dict[str, str]:
 
 
 def _load(path: Path):
+    """A workflow file, or the name of an installed workflow (``fanflow list``)."""
     from fanflow.spec.loader import load_workflow
 
-    return load_workflow(path)
+    return load_workflow(_locate(path))
+
+
+def _locate(path: Path) -> Path:
+    from fanflow import bundle
+
+    if bundle.is_bundle(path):
+        workflow, manifest = bundle.unpack(path, _project(None).home)
+        for problem in bundle.missing_requirements(manifest):
+            err.print(f"[yellow]warning:[/] {problem} (see {workflow.parent}/requirements.txt)", markup=True)
+        return workflow
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    from fanflow.spec.registry import find_installed
+
+    try:
+        return find_installed(str(path))
+    except LookupError as exc:
+        raise UsageError(f"{path}: no such file, and {exc}") from None
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -307,6 +326,60 @@ def validate(workflow: Annotated[Path, typer.Argument(help="A workflow file (.ya
 
 
 @app.command()
+def pack(
+    workflow: Annotated[Path, typer.Argument(help="A workflow file or an installed workflow's name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the bundle into.")] = Path("."),
+) -> None:
+    """Write one self-contained, versioned bundle of a workflow (its files, its project
+    modules and pinned requirements) that `fanflow run BUNDLE` runs elsewhere."""
+    from fanflow import bundle
+
+    path = bundle.pack(_locate(workflow), output)
+    out.print(str(path))
+
+
+@app.command("list")
+def list_workflows() -> None:
+    """List the workflows installed by Python packages (the fanflow.workflows entry points)."""
+    from fanflow.spec.loader import load_workflow
+    from fanflow.spec.registry import installed
+
+    table = Table(header_style="bold", box=None)
+    for column in ("name", "package", "description"):
+        table.add_column(column, overflow="fold")
+    for name, entry in installed().items():
+        try:
+            description = load_workflow(entry.path(), check_imports=False).description
+        except (SpecError, Exception) as exc:  # a broken package must not hide the others
+            description = f"[red]cannot load: {_escape(str(exc))}[/]"
+        table.add_row(name, entry.package or "", description)
+    out.print(table if table.row_count else "no workflows installed")
+
+
+@app.command()
+def describe(workflow: Annotated[Path, typer.Argument(help="A workflow file or an installed workflow's name.")]) -> None:
+    """Show a workflow's parameters (types, defaults, descriptions) and steps."""
+    spec = _load(workflow)
+    out.print(f"[bold]{spec.name}[/]" + (f": {spec.description}" if spec.description else ""), markup=True)
+    params = Table(title="parameters", title_justify="left", header_style="bold", box=None)
+    for column in ("name", "type", "default", "description"):
+        params.add_column(column, overflow="fold")
+    for name, param in spec.params.items():
+        default = "(required)" if param.required else json.dumps(param.default, default=str)
+        choices = f" (one of {', '.join(map(str, param.choices))})" if param.choices else ""
+        params.add_row(name, param.type, default, param.description + choices)
+    out.print(params)
+    steps = Table(title="steps", title_justify="left", header_style="bold", box=None)
+    for column in ("step", "uses", "fan-out", "kind"):
+        steps.add_column(column, overflow="fold")
+    for name, step in spec.steps.items():
+        fan = ", ".join(f"{axis}: {values if isinstance(values, str) else len(values)}"
+                        for axis, values in (step.fan_out or {}).items())
+        steps.add_row(name, step.uses, fan, step.kind)
+    out.print(steps)
+
+
+@app.command()
 def schema() -> None:
     """Print the workflow files' JSON Schema (for editors to check and complete them)."""
     from fanflow.spec.schema import json_schema
@@ -537,6 +610,17 @@ def gc(
     )
     for run_id in report.runs:
         out.print(f"  run {run_id}")
+
+
+def _register_kubernetes_commands() -> None:
+    from fanflow.cli.k8s import check_quorum_command, exec_command, export_app
+
+    app.add_typer(export_app, name="export")
+    app.command("exec")(exec_command)
+    app.command("check-quorum")(check_quorum_command)
+
+
+_register_kubernetes_commands()
 
 
 def _version_callback(value: bool) -> None:

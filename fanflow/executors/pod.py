@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ def run_task(task: PodTask, output: str, lists: dict[str, str] | None = None) ->
         gpus=task.gpus,
         memory=task.memory,
         import_paths=task.import_paths or [os.getcwd()],
+        scratch=tempfile.mkdtemp(prefix="fanflow-scratch-"),
     )
     result = execute(spec, worker=os.environ.get("HOSTNAME", ""))
     if result.status != "succeeded":
@@ -161,7 +163,14 @@ def _fail(task: PodTask, output: str, error: str) -> int:
 
 
 def render_service(
-    task: PodTask, output: str, resource: str, *, image: str, namespace: str | None, secret: str | None = None
+    task: PodTask,
+    output: str,
+    resource: str,
+    *,
+    image: str,
+    namespace: str | None,
+    secret: str | None = None,
+    lists: dict[str, str] | None = None,
 ) -> int:
     """For a service step: write the InferenceService that serves it (``resource``, created
     by Argo once this pod is done) and its endpoint ``{"url", "model"}`` as the step's
@@ -182,8 +191,13 @@ def render_service(
         requests=resources(task.cpus, task.gpus, task.memory),
         secret=secret,
     )
+    endpoint = {"url": kserve.predictor_url(service, namespace), "model": name}
+    try:
+        write_lists(endpoint, lists or {}, task.step)
+    except ResolveError as exc:
+        return _fail(task, output, str(exc))
     _write(resource, safe_json(manifest))
-    _write(output, safe_json({"url": kserve.predictor_url(service, namespace), "model": name}))
+    _write(output, safe_json(endpoint))
     print(f"fanflow: {task.name} will be served by InferenceService {service}", file=sys.stderr)
     return EXIT_OK
 
@@ -248,12 +262,17 @@ def parse_params(values: list[str] | None) -> dict[str, Any]:
 
 
 def parse_item(text: str | None, axis: str | None) -> dict[str, Any] | None:
-    """The fan-out item: a JSON object of axis values, or one axis's value with ``axis``."""
+    """The fan-out item: a JSON object of axis values, or one axis's value with ``axis``.
+    Over a list parameter Argo hands a string item over bare (``cnn``, not ``"cnn"``), so a
+    one-axis item that is not JSON is taken as that text."""
     if text is None:
         return None
-    value = parse_json(text, "--item")
     if axis:
-        return {axis: value}
+        try:
+            return {axis: json.loads(text)}
+        except json.JSONDecodeError:
+            return {axis: text}
+    value = parse_json(text, "--item")
     if not isinstance(value, dict):
         raise PodUsageError("--item: expected a JSON object of axis values (or give --axis)")
     return value
