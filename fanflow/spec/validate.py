@@ -233,8 +233,9 @@ def missing_function(uses: str) -> str | None:
         return f"cannot find module {module!r}: {exc}"
     if spec is None:
         return f"cannot find module {module!r}"
-    if module in sys.modules:
-        target = sys.modules[module]
+    loaded = sys.modules.get(module)
+    if loaded is not None and _same_file(getattr(loaded, "__file__", None), spec.origin):
+        target = loaded
         for part in attribute.split("."):
             if not hasattr(target, part):
                 return f"module {module!r} defines no {part!r}{_suggest(part, dir(target))}"
@@ -251,6 +252,14 @@ def missing_function(uses: str) -> str | None:
     if top in _defined_names(tree) or _has_dynamic_names(tree):
         return None
     return f"module {module!r} defines no {top!r}{_suggest(top, _defined_names(tree))}"
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Whether a loaded module is the one the workflow's import path finds (another folder's
+    module of the same name may be loaded already)."""
+    if a is None or b is None:
+        return a is None and b in (None, "built-in", "frozen")
+    return FilePath(a).resolve() == FilePath(b).resolve()
 
 
 def _defined_names(tree: ast.Module) -> set[str]:

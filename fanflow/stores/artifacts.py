@@ -35,6 +35,7 @@ class ArtifactPath(type(Path())):
     consumer can check the bytes before trusting them (``verify``)."""
 
     digest: str | None = None
+    original_name: str | None = None  # the file's name when the step that made it returned it
 
     def verify(self) -> ArtifactPath:
         if self.digest is None or sha256_file(self) != self.digest:

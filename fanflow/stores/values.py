@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fanflow.stores.artifacts import ArtifactStore
+from fanflow.stores.artifacts import ArtifactPath, ArtifactStore
 
 ARTIFACT_KEY = "$artifact"
 
@@ -65,6 +65,10 @@ def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | N
     if isinstance(value, bytes | bytearray | memoryview):
         obj = store.put_bytes(bytes(value), suffix=".bin")
         return {ARTIFACT_KEY: obj.digest, "format": "bytes", "suffix": ".bin", "size": obj.size}
+    if isinstance(value, ArtifactPath) and value.digest and value.is_relative_to(store.root):
+        # A stored file handed on by a step: point to it again, no copy, original name kept.
+        return {ARTIFACT_KEY: value.digest, "format": "file", "name": value.original_name or value.name,
+                "suffix": value.suffix, "size": value.stat().st_size}
     if isinstance(value, Path):
         if not value.is_file():
             raise UnstorableValue(f"{where}: {value} is not a file")
@@ -158,7 +162,9 @@ def _load_leaf(ref: dict, store: ArtifactStore) -> Any:
 
         return np.load(store.path(digest, suffix), mmap_mode="r", allow_pickle=False)
     if fmt == "file":
-        return store.path(digest, suffix)
+        path = store.path(digest, suffix)
+        path.original_name = ref.get("name")
+        return path
     if fmt == "bytes":
         return store.read_bytes(digest, suffix)
     if fmt == "torch":

@@ -10,7 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fanflow.stores.artifacts import ArtifactStore, IntegrityError
-from fanflow.stores.values import UnstorableValue, decode, encode
+from fanflow.stores.values import ARTIFACT_KEY, UnstorableValue, decode, encode
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -88,3 +88,14 @@ def test_a_torch_artifact_holding_code_is_not_loaded(tmp_path):
 def test_unstorable_values_are_refused_with_where_they_were(store, value, message):
     with pytest.raises(UnstorableValue, match=re.escape(message)):
         encode({"out": value}, store)
+
+
+def test_a_stored_file_handed_on_keeps_its_name_and_is_not_copied(tmp_path):
+    store = ArtifactStore(tmp_path / "a")
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"weights")
+    first = encode({"model": source}, store)
+    passed_on = encode(decode(first, store), store)
+    assert passed_on["model"][ARTIFACT_KEY] == first["model"][ARTIFACT_KEY]
+    assert passed_on["model"]["name"] == "model.pt"
+    assert len(list(store.iter_objects())) == 1
