@@ -193,6 +193,8 @@ def _report(result, runner, project, json_output: bool) -> None:
         )
         return
     for name, value in results.items():
+        if _show_report(name, value):
+            continue
         text = json.dumps(value, indent=2, default=str)
         if len(text) > 4000:
             text = text[:4000] + "\n…"
@@ -209,6 +211,23 @@ def _report(result, runner, project, json_output: bool) -> None:
         err.print(f"[red]{result.error}[/]", markup=True, soft_wrap=True)
     if result.state != "succeeded":
         err.print(f"inspect: fanflow show {result.run_id}   resume: fanflow resume {result.run_id}")
+
+
+def _show_report(step: str, value: Any) -> bool:
+    """A result that holds a Markdown report (``{"markdown": file, ...}``) is shown as the
+    report itself, with where its other files are."""
+    if not (isinstance(value, dict) and isinstance(value.get("markdown"), str) and value["markdown"].endswith(".md")):
+        return False
+    path = Path(value["markdown"])
+    if not path.is_file():
+        return False
+    from rich.markdown import Markdown
+
+    out.print(Markdown(path.read_text(encoding="utf-8")))
+    for key, item in value.items():
+        if key != "markdown" and isinstance(item, str) and Path(item).is_file():
+            out.print(f"[dim]{step} {key}: {item}[/]", markup=True, soft_wrap=True)
+    return True
 
 
 def _readable(manifest: Any, artifacts_url: str) -> Any:

@@ -9,10 +9,13 @@ task specs and results.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import json
+import math
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +34,11 @@ from fanflow import runtime
 from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
 from fanflow.executors.local import SERVICE_STOP_GRACE, _tail
 from fanflow.executors.processes import kill_group
+from fanflow.executors.worker import describe, execute
 
 _READY_POLL = 0.05
+STOP_CHECK = 0.5  # how often ``wait`` checks on services that are stopping
+MAX_BATCH = 16  # light tasks run by one Ray task
 
 
 class RayExecutor(Executor):
@@ -47,10 +54,17 @@ class RayExecutor(Executor):
         self.address = address
         self.ray_init_options = ray_init_options
         self._connected = False  # whether this executor called ray.init
+        self._cpus = 1.0  # the cluster's, when capacity was last asked
         self._shapes: dict[tuple, Any] = {}  # (cpus, gpus, memory) -> remote function options
-        self._tasks: dict[ray.ObjectRef, TaskSpec] = {}
+        # Each Ray object awaited is watched through a future that, once done, is put on the
+        # ``_done`` queue by a Ray thread: waiting costs nothing per task still in flight.
+        self._batches: dict[Future, _Batch] = {}
+        self._batch_of: dict[str, _Batch] = {}  # task -> the Ray task running it
+        self._held: dict[tuple, list[TaskSpec]] = {}  # light tasks to send at the next flush
+        self._to_cancel: list[_Batch] = []  # batches with a task stopped: cancel, send the rest again
         self._services: dict[str, _Service] = {}
-        self._watch: dict[ray.ObjectRef, tuple[str, _Service]] = {}  # ref -> ("ready" | "exit", service)
+        self._watch: dict[Future, tuple[str, _Service]] = {}  # ("ready" | "exit", service)
+        self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._results: list[TaskResult] = []  # reported without waiting (stopped tasks)
 
     # -- connecting ---------------------------------------------------------------------
@@ -69,6 +83,7 @@ class RayExecutor(Executor):
     def capacity(self) -> dict[str, float]:
         self._connect()
         resources = ray.cluster_resources()
+        self._cpus = float(resources.get("CPU", 1.0))
         return {
             "cpus": float(resources.get("CPU", 0.0)),
             "gpus": float(resources.get("GPU", 0.0)),
@@ -83,12 +98,38 @@ class RayExecutor(Executor):
         self._connect()
         if spec.kind == "service":
             self._start_service(spec)
-            return
-        ref = self._remote(spec).remote(spec.to_dict())
-        self._tasks[ref] = spec
+        elif spec.light:
+            self._held.setdefault(_shape(spec), []).append(spec)
+        else:
+            self._send([spec])
+
+    def flush(self) -> None:
+        """Light tasks (steps that proved to be made of tiny tasks) go out in batches, a few
+        per Ray task: Ray's own cost per task is then shared by the batch."""
+        self._settle_stopped()
+        held, self._held = self._held, {}
+        for shape, specs in held.items():
+            # As many batches as there are cores without one (at least one), at most
+            # MAX_BATCH tasks each: every core has work, and batches stay large.
+            slots = max(1, int(self._cpus // shape[0])) if shape[0] else len(specs)
+            size = min(MAX_BATCH, math.ceil(len(specs) / max(1, slots - len(self._batches))))
+            for first in range(0, len(specs), size):
+                self._send(specs[first : first + size])
+
+    def _send(self, specs: list[TaskSpec]) -> None:
+        ref = self._remote(specs[0]).remote([spec.to_dict() for spec in specs])
+        batch = _Batch(ref, self._future(ref), specs)
+        self._batches[batch.future] = batch
+        for spec in specs:
+            self._batch_of[spec.task] = batch
+
+    def _future(self, ref: ray.ObjectRef) -> Future:
+        future = ref.future()
+        future.add_done_callback(self._done.put)
+        return future
 
     def _remote(self, spec: TaskSpec):
-        shape = (spec.cpus, spec.gpus, spec.memory)
+        shape = _shape(spec)
         remote = self._shapes.get(shape)
         if remote is None:
             remote = self._shapes[shape] = _run_remote().options(**_resources(spec))
@@ -96,51 +137,101 @@ class RayExecutor(Executor):
 
     # -- collecting ---------------------------------------------------------------------
     def wait(self, timeout: float | None) -> list[TaskResult]:
+        self.flush()
         results, self._results = self._results, []
-        refs = [*self._tasks, *self._watch]
-        if not refs:
-            if timeout and not results:
-                time.sleep(timeout)
-            return results
-        ready, rest = ray.wait(refs, num_returns=1, timeout=0 if results else timeout)
-        if ready and rest:
-            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        for ref in ready:
-            spec = self._tasks.pop(ref, None)
-            if spec is not None:
-                results.append(_task_result(spec, ref))
+        if results or (timeout is None and not (self._batches or self._watch)):
+            timeout = 0
+        elif timeout is not None:
+            timeout = max(timeout, 0.0)
+        if self._kill_overdue_services():
+            timeout = STOP_CHECK if timeout is None else min(timeout, STOP_CHECK)
+        done = []
+        with contextlib.suppress(queue.Empty):
+            done.append(self._done.get(timeout=timeout))
+            while True:
+                done.append(self._done.get_nowait())
+        for future in done:
+            batch = self._batches.pop(future, None)
+            if batch is not None:
+                results += self._batch_results(batch, future)
                 continue
-            watched = self._watch.pop(ref, None)
+            watched = self._watch.pop(future, None)
             if watched is not None:
-                results += self._service_event(*watched, ref)
+                results += self._service_event(*watched, future)
+            # anything else was cancelled, its tasks reported already
         return results
+
+    def _batch_results(self, batch: _Batch, future: Future) -> list[TaskResult]:
+        specs = [spec for spec in batch.specs if self._batch_of.get(spec.task) is batch]
+        for spec in specs:
+            del self._batch_of[spec.task]
+        names = {spec.task for spec in specs}
+        try:
+            return [TaskResult.from_dict(result) for result in future.result() if result["task"] in names]
+        except ray.exceptions.RayError as exc:
+            if len(specs) > 1 and _crashed(exc):
+                for spec in specs:  # which one took the worker down is unknown: run each alone
+                    self._send([spec])
+                return []
+            return [_failure(spec, exc) for spec in specs]
 
     # -- stopping -----------------------------------------------------------------------
     def stop(self, task: str, status: Status = "cancelled", reason: str = "") -> None:
-        for ref, spec in self._tasks.items():
-            if spec.task == task:
-                del self._tasks[ref]
-                ray.cancel(ref, force=True)  # kills the worker and the task's children
-                self._results.append(
-                    TaskResult(
-                        task, spec.attempt, status, error=reason or None, ended=time.time(), worker="ray"
-                    )
-                )
-                return
+        for specs in self._held.values():
+            for spec in specs:
+                if spec.task == task:
+                    specs.remove(spec)
+                    self._results.append(_stopped(spec, status, reason))
+                    return
+        batch = self._batch_of.pop(task, None)
+        if batch is not None:
+            spec = next(spec for spec in batch.specs if spec.task == task)
+            self._results.append(_stopped(spec, status, reason))
+            if batch not in self._to_cancel:
+                self._to_cancel.append(batch)  # at the next flush: all stops of a round at once
+            return
         service = self._services.get(task)
         if service is not None and service.stopping is None:
             service.stopping, service.stop_reason = status, reason
             service.actor.terminate.remote(SERVICE_STOP_GRACE)  # its result comes when it has exited
+            service.kill_at = time.monotonic() + SERVICE_STOP_GRACE + 2
+
+    def _settle_stopped(self) -> None:
+        """Cancel each Ray task that held a stopped task (killing its worker, and so the
+        task's children); its other tasks, not stopped, start again in a new one."""
+        batches, self._to_cancel = self._to_cancel, []
+        for batch in batches:
+            if self._batches.pop(batch.future, None) is None:
+                continue  # it ended meanwhile: its results are being taken
+            ray.cancel(batch.ref, force=True)
+            rest = [spec for spec in batch.specs if self._batch_of.get(spec.task) is batch]
+            if rest:
+                self._send(rest)
+
+    def _kill_overdue_services(self) -> bool:
+        """Kill the actor of a service that was told to stop but has not ended in time (one
+        that Ray has not placed yet cannot even be told): its watchers then fail, and so its
+        end is reported. Says whether any service is still stopping."""
+        now, stopping = time.monotonic(), False
+        for service in self._services.values():
+            if service.kill_at is not None:
+                if now >= service.kill_at:
+                    ray.kill(service.actor)
+                    service.kill_at = math.inf
+                stopping = True
+        return stopping
 
     def close(self) -> None:
-        for ref in list(self._tasks):
-            ray.cancel(ref, force=True)
-        self._tasks.clear()
+        for batch in self._batches.values():
+            ray.cancel(batch.ref, force=True)
+        self._batches.clear()
+        self._batch_of.clear()
+        self._held.clear()
+        self._to_cancel.clear()
         for name in list(self._services):
             self.stop(name, "cancelled", "the run ended")
-        exits = [ref for ref, (what, _) in self._watch.items() if what == "exit"]
-        if exits:
-            ray.wait(exits, num_returns=len(exits), timeout=SERVICE_STOP_GRACE + 5)
+        exits = [future for future, (what, _) in self._watch.items() if what == "exit"]
+        concurrent.futures.wait(exits, timeout=SERVICE_STOP_GRACE + 5)
         for service in self._services.values():
             ray.kill(service.actor)
         self._services.clear()
@@ -154,15 +245,15 @@ class RayExecutor(Executor):
     def _start_service(self, spec: TaskSpec) -> None:
         actor = _service_actor().options(**_resources(spec)).remote(spec.to_dict())
         service = self._services[spec.task] = _Service(spec, actor, time.time())
-        self._watch[actor.run.remote()] = ("exit", service)
-        self._watch[actor.ready.remote()] = ("ready", service)
+        self._watch[self._future(actor.run.remote())] = ("exit", service)
+        self._watch[self._future(actor.ready.remote())] = ("ready", service)
 
-    def _service_event(self, what: str, service: _Service, ref: ray.ObjectRef) -> list[TaskResult]:
+    def _service_event(self, what: str, service: _Service, future: Future) -> list[TaskResult]:
         spec = service.spec
         if self._services.get(spec.task) is not service:
             return []  # already reported as ended
         try:
-            outcome = ray.get(ref)
+            outcome = future.result()
         except ray.exceptions.RayError as exc:
             outcome = {"code": None, "error": f"the service's Ray actor died: {_ray_error(exc)}"}
         if what == "ready":
@@ -197,6 +288,15 @@ class RayExecutor(Executor):
         return [TaskResult(spec.task, spec.attempt, "exited", error=error, ended=time.time())]
 
 
+class _Batch:
+    """One Ray task, running one task or a batch of light ones in turn."""
+
+    def __init__(self, ref: ray.ObjectRef, future: Future, specs: list[TaskSpec]):
+        self.ref = ref
+        self.future = future
+        self.specs = specs
+
+
 class _Service:
     def __init__(self, spec: TaskSpec, actor: Any, started: float):
         self.spec = spec
@@ -204,6 +304,11 @@ class _Service:
         self.started = started
         self.stopping: Status | None = None
         self.stop_reason = ""
+        self.kill_at: float | None = None  # when to kill its actor if it has not ended
+
+
+def _shape(spec: TaskSpec) -> tuple:
+    return spec.cpus, spec.gpus, spec.memory
 
 
 def _resources(spec: TaskSpec) -> dict[str, Any]:
@@ -213,20 +318,37 @@ def _resources(spec: TaskSpec) -> dict[str, Any]:
     return options
 
 
-def _task_result(spec: TaskSpec, ref: ray.ObjectRef) -> TaskResult:
-    try:
-        return TaskResult.from_dict(ray.get(ref))
-    except ray.exceptions.RayTaskError as exc:  # the task body raised outside the step itself
-        status, error, retryable = "failed", _ray_error(exc), True
-    except ray.exceptions.TaskCancelledError as exc:
+def _crashed(exc: ray.exceptions.RayError) -> bool:
+    return not isinstance(
+        exc,
+        ray.exceptions.RayTaskError | ray.exceptions.TaskCancelledError | ray.exceptions.RuntimeEnvSetupError,
+    )
+
+
+def _failure(spec: TaskSpec, exc: ray.exceptions.RayError) -> TaskResult:
+    trace = None
+    if isinstance(exc, ray.exceptions.RayTaskError):  # the task body raised outside the step
+        status, error, retryable, trace = "failed", describe(exc.cause or exc), True, str(exc)
+    elif isinstance(exc, ray.exceptions.TaskCancelledError):
         status, error, retryable = "cancelled", _ray_error(exc), False
-    except ray.exceptions.RuntimeEnvSetupError as exc:
+    elif isinstance(exc, ray.exceptions.RuntimeEnvSetupError):
         status, error, retryable = "failed", _ray_error(exc), False
-    except ray.exceptions.RayError as exc:  # the worker died: crash, OOM kill, lost node
+    else:  # the worker died: crash, OOM kill, lost node
         status, error, retryable = "crashed", f"the Ray worker died: {_ray_error(exc)}", True
     return TaskResult(
-        spec.task, spec.attempt, status, error=error, retryable=retryable, ended=time.time(), worker="ray"
+        spec.task,
+        spec.attempt,
+        status,
+        error=error,
+        traceback=trace,
+        retryable=retryable,
+        ended=time.time(),
+        worker="ray",
     )
+
+
+def _stopped(spec: TaskSpec, status: Status, reason: str) -> TaskResult:
+    return TaskResult(spec.task, spec.attempt, status, error=reason or None, ended=time.time(), worker="ray")
 
 
 def _ray_error(exc: BaseException) -> str:
@@ -242,7 +364,7 @@ _SERVICE_ACTOR = None
 def _run_remote():
     global _REMOTE
     if _REMOTE is None:
-        _REMOTE = ray.remote(max_retries=0)(run_task)
+        _REMOTE = ray.remote(max_retries=0)(run_tasks)
     return _REMOTE
 
 
@@ -256,11 +378,14 @@ def _service_actor():
 _worker_name: str | None = None
 
 
-def run_task(message: dict[str, Any]) -> dict[str, Any]:
-    """The body of a Ray task: one fanflow task attempt, its output in its log files."""
-    global _worker_name
-    from fanflow.executors.worker import execute
+def run_tasks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The body of a Ray task: fanflow task attempts, one after the other."""
+    return [run_task(message) for message in messages]
 
+
+def run_task(message: dict[str, Any]) -> dict[str, Any]:
+    """One fanflow task attempt, its output in its log files."""
+    global _worker_name
     if _worker_name is None:
         _worker_name = f"ray {socket.gethostname()} pid {os.getpid()}"
     spec = TaskSpec(**message)
@@ -285,8 +410,7 @@ def _captured(prefix: str | None):
     saved = (os.dup(1), os.dup(2))
     try:
         for fd, path in zip((1, 2), paths, strict=True):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            handle = _open_log(path)
             os.dup2(handle, fd)
             os.close(handle)
         yield
@@ -299,6 +423,15 @@ def _captured(prefix: str | None):
             with contextlib.suppress(OSError):
                 if os.path.getsize(path) == 0:
                     os.unlink(path)
+
+
+def _open_log(path: str) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:  # a node other than the engine's, without a shared file system
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags, 0o644)
 
 
 def _flush() -> None:
