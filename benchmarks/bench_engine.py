@@ -186,6 +186,12 @@ def main() -> None:
     args = parser.parse_args()
     wanted = set(args.only or ["overhead", "efficiency", "memory", "cache"])
     figures: dict = {"executor": args.executor, "cores": psutil.cpu_count()}
+    if args.executor == "ray":
+        import ray
+
+        # One Ray instance for every measurement (the executor uses a connection it finds),
+        # so Ray's own start-up is not counted in each run.
+        ray.init(num_cpus=psutil.cpu_count(), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="fanflow-bench-") as folder:
         home = Path(folder) / ".fanflow"
         if "overhead" in wanted:

@@ -130,7 +130,6 @@ class Runner:
         self.log_dir = self.home / "logs" / self.run_id
         self.scratch_dir = self.home / "tmp" / self.run_id
         self._log_root, self._scratch_root = str(self.log_dir), str(self.scratch_dir)
-        self._log_root, self._scratch_root = str(self.log_dir), str(self.scratch_dir)
         self.import_paths = list(workflow.import_paths) or (
             [str(Path(workflow.source).resolve().parent)] if workflow.source else []
         )

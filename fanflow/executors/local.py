@@ -23,9 +23,8 @@ import psutil
 
 from fanflow import runtime
 from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
-from fanflow.executors.processes import kill_group
+from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group
 
-SERVICE_STOP_GRACE = 5.0
 LIGHT_QUEUE = 16  # light tasks sent ahead to one busy worker
 
 
@@ -358,7 +357,7 @@ class LocalExecutor(Executor):
                         )
                     )
                 else:
-                    why = _tail(spec.log_prefix)
+                    why = error_tail(spec.log_prefix)
                     results.append(
                         TaskResult(
                             name,
@@ -390,13 +389,3 @@ def _exit_code(process: subprocess.Popen) -> int | None:
         return process.wait(1)
     except subprocess.TimeoutExpired:
         return None
-
-
-def _tail(log_prefix: str | None, lines: int = 3) -> str:
-    if not log_prefix:
-        return ""
-    try:
-        text = Path(log_prefix + ".err").read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-    return " | ".join(text.splitlines()[-lines:])

@@ -7,8 +7,10 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+SERVICE_STOP_GRACE = 5.0  # seconds a service gets to shut down after SIGTERM
 
 
 def die_with_parent() -> None:
@@ -73,3 +75,13 @@ class OutputCapture:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 stream.flush()
+
+
+def error_tail(log_prefix: str | None, lines: int = 3) -> str:
+    if not log_prefix:
+        return ""
+    try:
+        text = Path(log_prefix + ".err").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return " | ".join(text.splitlines()[-lines:])

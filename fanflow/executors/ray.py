@@ -32,8 +32,7 @@ import ray.exceptions
 
 from fanflow import runtime
 from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
-from fanflow.executors.local import SERVICE_STOP_GRACE, _tail
-from fanflow.executors.processes import kill_group
+from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group
 from fanflow.executors.worker import describe, execute
 
 _READY_POLL = 0.05
@@ -530,7 +529,7 @@ class _ServiceHost:
                 handle.close()
         code = self.process.wait()
         self.ended.set()
-        why = _tail(spec.log_prefix)
+        why = error_tail(spec.log_prefix)
         return {"code": code, "error": f"the service exited with code {code}" + (f": {why}" if why else "")}
 
     def ready(self) -> dict[str, Any] | None:
