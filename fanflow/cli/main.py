@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from fanflow.spec.errors import SpecError
@@ -42,10 +43,10 @@ def main() -> None:
         app()
     except SpecError as exc:
         for issue in exc.issues:
-            err.print(f"[bold red]error:[/] {issue}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {_escape(str(issue))}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
     except UsageError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 
@@ -78,7 +79,7 @@ def _locate(path: Path) -> Path:
     if bundle.is_bundle(path):
         workflow, manifest = bundle.unpack(path, _project(None).home)
         for problem in bundle.missing_requirements(manifest):
-            err.print(f"[yellow]warning:[/] {problem} (see {workflow.parent}/requirements.txt)", markup=True)
+            err.print(f"[yellow]warning:[/] {_escape(problem)} (see {workflow.parent}/requirements.txt)", markup=True)
         return workflow
     if path.exists() or path.suffix or len(path.parts) > 1:
         return path
@@ -198,7 +199,7 @@ def _report(result, runner, project, json_output: bool) -> None:
         text = json.dumps(value, indent=2, default=str)
         if len(text) > 4000:
             text = text[:4000] + "\n…"
-        out.print(f"[bold]{name}[/] =", text, markup=True, highlight=False, soft_wrap=True)
+        out.print(f"[bold]{_escape(name)}[/] =", text, markup=True, highlight=False, soft_wrap=True)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}[result.state]
     err.print(
@@ -208,7 +209,7 @@ def _report(result, runner, project, json_output: bool) -> None:
         soft_wrap=True,
     )
     if result.error:
-        err.print(f"[red]{result.error}[/]", markup=True, soft_wrap=True)
+        err.print(f"[red]{_escape(result.error)}[/]", markup=True, soft_wrap=True)
     if result.state != "succeeded":
         err.print(f"inspect: fanflow show {result.run_id}   resume: fanflow resume {result.run_id}")
 
@@ -226,7 +227,7 @@ def _show_report(step: str, value: Any) -> bool:
     out.print(Markdown(path.read_text(encoding="utf-8")))
     for key, item in value.items():
         if key != "markdown" and isinstance(item, str) and Path(item).is_file():
-            out.print(f"[dim]{step} {key}: {item}[/]", markup=True, soft_wrap=True)
+            out.print(f"[dim]{_escape(step)} {key}: {_escape(item)}[/]", markup=True, soft_wrap=True)
     return True
 
 
@@ -249,7 +250,7 @@ def _readable(manifest: Any, artifacts_url: str) -> Any:
 def _keep_serving(runner, result) -> None:
     for name, endpoint in result.services.items():
         url = endpoint.get("url") if isinstance(endpoint, dict) else endpoint
-        out.print(f"[bold green]serving[/] {name}: {url}", markup=True)
+        out.print(f"[bold green]serving[/] {_escape(name)}: {url}", markup=True)
     err.print("press Ctrl-C to stop")
     stop = threading.Event()
     import signal
@@ -341,6 +342,7 @@ def validate(workflow: Annotated[Path, typer.Argument(help="A workflow file (.ya
     out.print(
         f"[green]✓[/] {workflow}: workflow {spec.name!r}, {len(spec.steps)} steps ({', '.join(spec.steps)})",
         markup=True,
+        soft_wrap=True,
     )
 
 
@@ -379,7 +381,7 @@ def list_workflows() -> None:
 def describe(workflow: Annotated[Path, typer.Argument(help="A workflow file or an installed workflow's name.")]) -> None:
     """Show a workflow's parameters (types, defaults, descriptions) and steps."""
     spec = _load(workflow)
-    out.print(f"[bold]{spec.name}[/]" + (f": {spec.description}" if spec.description else ""), markup=True)
+    out.print(f"[bold]{_escape(spec.name)}[/]" + (f": {_escape(spec.description)}" if spec.description else ""), markup=True)
     params = Table(title="parameters", title_justify="left", header_style="bold", box=None)
     for column in ("name", "type", "default", "description"):
         params.add_column(column, overflow="fold")
@@ -456,7 +458,7 @@ def runs(
             f"[{STYLE.get(row.state, 'red')}]{row.state}[/]",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.started)),
             f"{row.duration:.1f}s" if row.duration is not None else "",
-            (row.error or "")[:100],
+            Text((row.error or "")[:100]),
         )
     out.print(table if rows else "no runs yet")
 
@@ -567,7 +569,7 @@ def logs(
             path = folder / f"{file_name(t['name'])}.{number}.{stream}"
             if path.exists() and path.stat().st_size:
                 if len(tasks) > 1 or stream == "err":
-                    err.print(f"[bold]── {t['name']} (attempt {number}, std{stream}) ──[/]", markup=True)
+                    err.print(f"[bold]── {_escape(t['name'])} (attempt {number}, std{stream}) ──[/]", markup=True)
                 sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
                 sys.stdout.flush()
                 printed = True

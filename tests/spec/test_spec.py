@@ -157,3 +157,10 @@ def test_modules_next_to_the_workflow_are_importable(workdir):
     write(workdir, "local_steps.py", "def hello(name):\n    return f'hi {name}'\n")
     spec = load_workflow(write(workdir, "w.yaml", "name: w\nsteps:\n  a: {uses: local_steps:hello, with: {name: x}}\n"))
     assert spec.steps["a"].uses == "local_steps:hello"
+
+
+def test_the_reference_workflow_and_its_python_twin_are_the_same_spec():
+    from tests.conftest import ROOT
+
+    folder = ROOT / "examples" / "video_entity_tagging"
+    assert load_workflow(folder / "flow.py").model_dump() == load_workflow(folder / "workflow.yaml").model_dump()
