@@ -26,8 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output (a log, CI) gets 120 columns rather than Rich's 80, so reports stay readable.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 HomeOption = Annotated[
     Path | None, typer.Option("--home", help="Project folder (default: $FANFLOW_HOME or ./.fanflow).")

@@ -251,7 +251,7 @@ class Runner:
             self._light.observe(task.step, result)
             extra = {"inputs": artifact_digests(task.inputs)}
             if self.memo and self.plan.steps[task.step].step.kind != "service":
-                extra["cache_key"] = self.memo.key(task, self._spec(task))
+                extra["cache_key"] = self.memo.keys.get(task.name) or self.memo.key(task, self._spec(task))
             core.succeeded(task.name, result.output, now, **extra, **detail)
         elif result.status == "serving":
             self._deadlines.pop(task.name, None)

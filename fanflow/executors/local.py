@@ -80,7 +80,8 @@ class LocalExecutor(Executor):
             "memory": float(memory or psutil.virtual_memory().total),
         }
         self._idle: list[_Worker] = []
-        self._busy: dict[str, _Worker] = {}
+        self._busy: dict[str, _Worker] = {}  # task -> the worker holding it
+        self._workers: list[_Worker] = []  # every live worker
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="fanflow-task")
         self._thread_tasks: dict[str, TaskSpec] = {}
         self._results: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
@@ -115,7 +116,9 @@ class LocalExecutor(Executor):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        return _Worker(process, multiprocessing.connection.Connection(parent.detach()), name)
+        worker = _Worker(process, multiprocessing.connection.Connection(parent.detach()), name)
+        self._workers.append(worker)
+        return worker
 
     # -- submitting ---------------------------------------------------------------------
     def submit(self, spec: TaskSpec) -> None:
@@ -147,10 +150,14 @@ class LocalExecutor(Executor):
             return self._idle.pop()
         if spec.light:
             # A tiny task waits in a busy worker's queue rather than in a new process.
-            queues = {id(w): w for w in self._busy.values() if w.light and len(w.tasks) < LIGHT_QUEUE}
+            queues = [w for w in self._working() if len(w.tasks) < LIGHT_QUEUE and w.light]
             if queues:
-                return min(queues.values(), key=lambda w: len(w.tasks))
+                return min(queues, key=lambda w: len(w.tasks))
         return self._spawn()
+
+    def _working(self) -> list[_Worker]:
+        """Workers with tasks in hand, each once (a handful, however many tasks are queued)."""
+        return [w for w in self._workers if w.tasks]
 
     def _run_in_thread(self, spec: TaskSpec) -> None:
         from fanflow.executors.worker import execute
@@ -173,7 +180,7 @@ class LocalExecutor(Executor):
             timeout = 0.05 if timeout is None else min(timeout, 0.05)
         if results:
             timeout = 0
-        workers = {w.conn: w for w in self._busy.values()}
+        workers = {w.conn: w for w in self._workers if w.tasks}
         for conn in multiprocessing.connection.wait([*workers, self._wake_r], timeout):
             if conn is self._wake_r:
                 while self._wake_r.poll():
@@ -276,6 +283,8 @@ class LocalExecutor(Executor):
             kill_group(service.process.pid, signal.SIGTERM)
 
     def _discard(self, worker: _Worker) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.close()
         if worker.process.poll() is None:
@@ -295,7 +304,7 @@ class LocalExecutor(Executor):
             for handle in service.logs:
                 handle.close()
         self._services.clear()
-        busy = {id(w): w for w in self._busy.values()}.values()
+        busy = [w for w in self._workers if w.tasks]
         for worker in busy:
             kill_group(worker.process.pid)
         for worker in self._idle:
