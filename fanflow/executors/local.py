@@ -21,9 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from fanflow import runtime
 from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
-from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group
+from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group, start_service_process
 
 LIGHT_QUEUE = 16  # light tasks sent ahead to one busy worker
 
@@ -324,26 +323,8 @@ class LocalExecutor(Executor):
     # -- services -----------------------------------------------------------------------
     def _start_service(self, spec: TaskSpec) -> None:
         folder = Path(spec.scratch or Path.cwd() / ".fanflow" / "tmp" / spec.task)
-        folder.mkdir(parents=True, exist_ok=True)
         ready_file = folder / f"ready-{spec.attempt}.json"
-        ready_file.unlink(missing_ok=True)
-        spec_file = folder / f"spec-{spec.attempt}.json"
-        spec_file.write_text(json.dumps(spec.to_dict()), encoding="utf-8")
-        env = dict(os.environ)
-        env[runtime.READY_FILE_ENV] = str(ready_file)
-        env[runtime.PORT_ENV] = str(spec.service_port)
-        env["PYTHONPATH"] = os.pathsep.join([*spec.import_paths, env.get("PYTHONPATH", "")]).strip(os.pathsep)
-        logs = []
-        if spec.log_prefix:
-            logs = [open(spec.log_prefix + ".out", "ab"), open(spec.log_prefix + ".err", "ab")]  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fanflow.executors.service", str(spec_file)],
-            env=env,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=logs[0] if logs else subprocess.DEVNULL,
-            stderr=logs[1] if logs else subprocess.DEVNULL,
-        )
+        process, logs = start_service_process(spec, folder, ready_file)
         self._services[spec.task] = _Service(spec, process, ready_file, time.time(), logs=logs)
 
     def _poll_services(self) -> list[TaskResult]:

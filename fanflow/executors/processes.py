@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,3 +87,34 @@ def error_tail(log_prefix: str | None, lines: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(text.splitlines()[-lines:])
+
+
+def start_service_process(spec, folder: Path, ready_file: Path) -> tuple[subprocess.Popen, list]:
+    """Start ``python -m fanflow.executors.service`` for a service task, in a session of its
+    own, its output going to the attempt's log files. Returns the process and the open log
+    files (the caller closes them once the process has ended)."""
+    from fanflow import runtime
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ready_file.unlink(missing_ok=True)
+    spec_file = folder / f"spec-{spec.attempt}.json"
+    spec_file.write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+    env = dict(os.environ)
+    env[runtime.READY_FILE_ENV] = str(ready_file)
+    env[runtime.PORT_ENV] = str(spec.service_port)
+    env["PYTHONPATH"] = os.pathsep.join([*spec.import_paths, env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    logs = []
+    if spec.log_prefix:
+        Path(spec.log_prefix).parent.mkdir(parents=True, exist_ok=True)
+        logs = [open(spec.log_prefix + ".out", "ab"), open(spec.log_prefix + ".err", "ab")]  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fanflow.executors.service", str(spec_file)],
+            env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=logs[0] if logs else subprocess.DEVNULL, stderr=logs[1] if logs else subprocess.DEVNULL,
+        )
+    except OSError:
+        for handle in logs:
+            handle.close()
+        raise
+    return process, logs

@@ -30,9 +30,8 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from fanflow import runtime
 from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
-from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group
+from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group, start_service_process
 from fanflow.executors.worker import describe, execute
 
 _READY_POLL = 0.05
@@ -501,25 +500,9 @@ class _ServiceHost:
         """Start the service and wait for it to end. The process is started from the thread
         that waits for it, which lives as long as it does: the process dies with that thread."""
         spec = self.spec
-        spec_file = self.folder / "spec.json"
-        spec_file.write_text(json.dumps(spec.to_dict()), encoding="utf-8")
-        env = dict(os.environ)
-        env[runtime.READY_FILE_ENV] = str(self.ready_file)
-        env[runtime.PORT_ENV] = str(spec.service_port)
-        env["PYTHONPATH"] = os.pathsep.join([*spec.import_paths, env.get("PYTHONPATH", "")]).strip(os.pathsep)
         logs = []
         try:
-            if spec.log_prefix:
-                Path(spec.log_prefix).parent.mkdir(parents=True, exist_ok=True)
-                logs = [open(spec.log_prefix + ".out", "ab"), open(spec.log_prefix + ".err", "ab")]  # noqa: SIM115
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "fanflow.executors.service", str(spec_file)],
-                env=env,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=logs[0] if logs else subprocess.DEVNULL,
-                stderr=logs[1] if logs else subprocess.DEVNULL,
-            )
+            self.process, logs = start_service_process(spec, self.folder, self.ready_file)
         except OSError as exc:
             self.ended.set()
             return {"code": None, "error": f"cannot start the service: {exc}"}

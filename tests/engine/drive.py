@@ -36,3 +36,14 @@ def run_all(core: Scheduler, outcome, now: float = 0.0, max_rounds: int = 10_000
             else:
                 core.failed(task.name, value, now)
     raise AssertionError("the run did not terminate")
+
+
+def run_workflow(home, spec, executor: str = "local", **options):
+    """Run a workflow for real in a fresh project at ``home``."""
+    from fanflow.project import Project
+
+    project = Project(home)
+    try:
+        return project.run(spec, executor=executor, **options)
+    finally:
+        project.close()

@@ -15,6 +15,7 @@ from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
 from tests.conftest import cli, write
+from tests.engine.drive import run_workflow as run
 from tests.engine.flowsteps import count
 
 STEPS = Path(__file__).with_name("flowsteps.py")
@@ -39,12 +40,6 @@ def flows(workdir):
     return workdir
 
 
-def run(home, spec, executor="local", **options):
-    project = Project(home)
-    try:
-        return project.run(spec, executor=executor, **options)
-    finally:
-        project.close()
 
 
 def test_a_second_identical_run_is_all_cache_hits(flows, home, tmp_path, executor):

@@ -15,6 +15,7 @@ from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
 from tests.conftest import ROOT, cli, write
+from tests.engine.drive import run_workflow as run
 
 STEPS = Path(__file__).with_name("flowsteps.py")
 
@@ -30,12 +31,6 @@ def flow(workdir):
     return make
 
 
-def run(home, spec, executor="local", **options):
-    project = Project(home)
-    try:
-        return project.run(spec, executor=executor, **options)
-    finally:
-        project.close()
 
 
 FANOUT = """
