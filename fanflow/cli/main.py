@@ -372,7 +372,7 @@ def list_workflows() -> None:
     for name, entry in installed().items():
         try:
             description = load_workflow(entry.path(), check_imports=False).description
-        except (SpecError, Exception) as exc:  # a broken package must not hide the others
+        except Exception as exc:  # a broken package must not hide the others
             description = f"[red]cannot load: {_escape(str(exc))}[/]"
         table.add_row(name, entry.package or "", description)
     out.print(table if table.row_count else "no workflows installed")

@@ -432,8 +432,8 @@ class Scheduler:
             if not conditions.evaluate(plan.step.when, lambda ref: self._lookup(ref, None, run)):
                 return self._skip_step(run, now, f"when: {plan.step.when} is false")
             items = self._expand(run)
-        except (ResolveError, Exception) as exc:  # a condition or fan-out that cannot be evaluated
-            return self._fail_step(run, now, str(exc) if isinstance(exc, ResolveError) else f"{exc}")
+        except Exception as exc:  # a condition or a fan-out that cannot be evaluated fails the step
+            return self._fail_step(run, now, str(exc))
         run.tasks = [self._new_task(run, name, index, item, now) for index, (name, item) in enumerate(items)]
         run.ready.extend(run.tasks)
         run.unoffered.extend(run.tasks)
