@@ -3,7 +3,7 @@
 from fanflow import flow, item, params
 from fanflow.ml.aggregate import tag_union
 from fanflow.ml.select import top_k
-from fanflow.ml.sources import moving_digits
+from fanflow.ml.sources import clips
 from fanflow.ml.train import fit
 from fanflow.serving.gateway import serve_gateway
 from fanflow.serving.model_server import serve_model
@@ -25,14 +25,21 @@ wf = flow(
         "test_clips": {"type": "int", "default": 1000, "description": "Held-out clips the report is made on."},
         "epochs": {"type": "int", "default": 0,
                    "description": "Training budget in passes over the data; 0 keeps each model's own."},
+        "videos": {"type": "str", "default": "",
+                   "description": "A folder of your own video files with a labels CSV (file, tags); "
+                   "empty for the built-in moving digits."},
+        "on_bad": {"type": "str", "default": "error", "choices": ["error", "skip"],
+                   "description": "What a bad video file does: stop with an error naming it, or be skipped "
+                   "and counted."},
         "strategy": {"type": "str", "default": "union",
                      "choices": ["union", "intersection", "majority", "mean", "weighted"],
                      "description": "How the gateway combines its members."},
     },
 )
 
-ingest = wf.step("ingest", with_={"seed": params.seed, "train": params.train_clips, "val": params.val_clips,
-                                  "test": params.test_clips})(moving_digits)
+ingest = wf.step("ingest", with_={"videos": params.videos, "on_bad": params.on_bad, "seed": params.seed,
+                                  "train": params.train_clips, "val": params.val_clips,
+                                  "test": params.test_clips})(clips)
 
 train = wf.step(
     "train",

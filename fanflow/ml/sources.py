@@ -508,3 +508,12 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str, yname: str) 
         raise DataError(f"{path}: '{yname}' must be (N, K) with N = {len(x)} clips, got {y.shape}")
     if not np.isin(y, (0, 1)).all():
         raise DataError(f"{path}: '{yname}' must hold only 0 and 1 (multi-hot tags)")
+
+
+def clips(videos: str | Path | None = None, labels: str = "labels.csv", on_bad: str = "error", seed: int = 0,
+          train: int = 6000, val: int = 1000, test: int = 1000, frames: int = 8, size: int = 32) -> dict:
+    """The reference workflow's data: the built-in moving digits, or, when ``videos`` names a
+    folder, the user's own video files and their labels CSV (see ``video_folder``)."""
+    if videos:
+        return video_folder(videos, labels=labels, frames=frames, size=size, on_bad=on_bad, seed=seed)
+    return moving_digits(seed=seed, train=train, val=val, test=test, frames=frames, size=size)

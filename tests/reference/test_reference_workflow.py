@@ -126,3 +126,20 @@ def test_on_ray_the_same_models_are_selected_and_the_same_report_comes_out(finis
     for key in ("union_missed_per_clip", "best_member_missed_per_clip", "union_recall", "baseline_recall",
                 "union_false_per_clip"):
         assert ray_summary[key] == local_summary[key], key
+
+
+def test_a_folder_of_the_users_own_videos_runs_through_the_same_workflow(tmp_path):
+    from tests.ml.test_video_folder import make_folder
+
+    make_folder(tmp_path / "videos", n=30, seed=1)
+    project = Project(tmp_path / ".fanflow")
+    try:
+        result = project.run(load_workflow(WORKFLOW), params={
+            **SMALL, "videos": str(tmp_path / "videos"), "models": ["cnn_batchnorm", "logistic"], "epochs": 2})
+    finally:
+        project.close()
+    assert result.state == "succeeded", result.error
+    data = result.outputs("ingest")[0]
+    assert data["report"]["source"] == "video_folder" and data["report"]["skipped"] == 0
+    summary = result.outputs("aggregate")[0]["summary"]
+    assert summary["clips"] == data["test"]["x"]["shape"][0] and summary["served_union_mismatched_clips"] == 0
