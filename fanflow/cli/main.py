@@ -124,12 +124,12 @@ def _execute(
     spec,
     params: dict[str, Any],
     *,
-    executor: str,
-    address: str | None,
-    cache: bool,
-    serve: bool,
-    json_output: bool,
     home: Path | None,
+    executor: str = "local",
+    address: str | None = None,
+    cache: bool = True,
+    serve: bool = False,
+    json_output: bool = False,
     resume: str | None = None,
 ) -> None:
     from fanflow.cli.live import RunView
@@ -280,17 +280,7 @@ def resume(
         spec, params, previous = project.resumable(run_id)
     except RunNotFound as exc:
         raise UsageError(str(exc)) from None
-    _execute(
-        spec,
-        params,
-        executor=executor,
-        address=None,
-        cache=not no_cache,
-        serve=False,
-        json_output=False,
-        home=home,
-        resume=previous,
-    )
+    _execute(spec, params, home=home, executor=executor, cache=not no_cache, resume=previous)
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -308,17 +298,7 @@ def serve(
         spec, params, previous = project.servable(run_id)
     except RunNotFound as exc:
         raise UsageError(str(exc)) from None
-    _execute(
-        spec,
-        params,
-        executor="local",
-        address=None,
-        cache=True,
-        serve=True,
-        json_output=False,
-        home=home,
-        resume=previous,
-    )
+    _execute(spec, params, home=home, serve=True, resume=previous)
 
 
 @app.command()
