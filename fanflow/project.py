@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from fanflow.engine.cache import StoreMemo
-from fanflow.engine.core import Event
 from fanflow.engine.runner import Runner, RunResult
 from fanflow.executors import create_executor
-from fanflow.spec import validate
+from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
 from fanflow.stores.runs import RunStore, default_url
+from fanflow.vocab.states import Event
 
 
 class RunNotFound(LookupError):
@@ -90,14 +90,7 @@ class Project:
         services = {name for name, step in workflow.steps.items() if step.kind == "service"}
         if not services:
             raise SpecError(SpecIssue(f"run {previous} has no service steps to bring up"))
-        needed: set[str] = set()
-        stack = list(services)
-        while stack:
-            name = stack.pop()
-            if name in needed:
-                continue
-            needed.add(name)
-            stack += validate.upstream(workflow, name)
+        needed = graph.closure(workflow, services)
         steps = {name: step for name, step in workflow.steps.items() if name in needed}
         return workflow.model_copy(update={"steps": steps}), params, previous
 

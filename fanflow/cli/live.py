@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fanflow.engine.core import Event, State
+from fanflow.vocab.states import Event, State
 
 STYLE = {
     "pending": "dim",

@@ -11,35 +11,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from fanflow.engine.naming import branches
 from fanflow.engine.plan import Plan, StepPlan
+from fanflow.engine.quorum import Tally
+from fanflow.engine.resolve import ResolveError, descend
 from fanflow.spec import conditions
 from fanflow.spec.refs import ITEM, PARAMS, Ref, substitute, whole_ref
+from fanflow.vocab.states import OK, TERMINAL, Event, State
 
 MAX_BACKOFF = 300.0
 LIGHT_SHARE = 16  # tasks of a light step in flight per core
-
-
-class State(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    RETRYING = "retrying"  # failed, waiting for its backoff before the next attempt
-    SERVING = "serving"  # a service that is up and answering
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.SKIPPED, State.CANCELLED})
-OK = frozenset({State.SUCCEEDED, State.SERVING})
 
 
 @dataclass(eq=False, slots=True)
@@ -59,16 +46,6 @@ class Task:
     held: dict[str, float] | None = None  # resources admitted with, released when it ends
 
 
-@dataclass(slots=True)
-class Event:
-    task: str
-    step: str
-    state: State
-    attempt: int
-    time: float
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(eq=False)
 class _StepRun:
     plan: StepPlan
@@ -85,10 +62,6 @@ class _StepRun:
 
 
 Reuse = Callable[[list["Task"]], dict[str, tuple[Any, dict[str, Any]]]]
-
-
-class ResolveError(Exception):
-    """A reference could not be resolved against what the run has produced."""
 
 
 class Scheduler:
@@ -343,30 +316,22 @@ class Scheduler:
 
     def _quorum(self, consumer: _StepRun) -> tuple[bool, bool, str]:
         """(met, still reachable, description) for a consumer's min_success over its fan-in."""
-        total = ok = lost = 0
+        tally = Tally(list(consumer.plan.fan_in))
         known = True
-        failed: list[str] = []
         for source in consumer.plan.fan_in:
             run = self.steps[source]
             if run.tasks is None:
                 known = known and run.outcome is not None
                 continue
-            total += len(run.tasks)
-            ok += run.n_ok
+            tally.total += len(run.tasks)
+            tally.ok += run.n_ok
             for t in run.tasks:
                 if t.state in TERMINAL and t.state is not State.SUCCEEDED:
-                    lost += 1
+                    tally.lost += 1
                     if t.state is State.FAILED:
-                        failed.append(f"{t.name}: {t.error}")
+                        tally.failures.append(f"{t.name}: {t.error}")
         rule = consumer.plan.quorum
-        need = rule if isinstance(rule, int) else math.ceil(rule * total - 1e-9)
-        need = max(need, 1) if total else need
-        sources = ", ".join(consumer.plan.fan_in)
-        detail = f"{ok} of {total} branches of {sources} succeeded, {need} needed"
-        if failed:
-            detail += "; failed: " + "; ".join(failed)
-        reachable = not known or total - lost >= need
-        return ok >= need, reachable, detail
+        return tally.met(rule), not known or tally.reachable(rule), tally.describe(rule)
 
     def _tolerated(self, run: _StepRun, extra_failure: bool = False) -> bool:
         """A branch failure is tolerated when every consumer takes it through a quorum that
@@ -454,18 +419,7 @@ class Scheduler:
                         f"fan_out.{axis}: expected a list from {ref}, got {type(values).__name__}"
                     )
             axes[axis] = values
-        labels = {axis: _labels(values) for axis, values in axes.items()}
-        names: list[tuple[str, dict]] = []
-        seen: set[str] = set()
-        for combo in itertools.product(*(range(len(v)) for v in axes.values())):
-            item = {axis: axes[axis][i] for axis, i in zip(axes, combo, strict=True)}
-            label = ",".join(f"{axis}={labels[axis][i]}" for axis, i in zip(axes, combo, strict=True))
-            name = f"{run.plan.name}[{label}]"
-            if name in seen:  # equal labels for different values: keep names unique
-                name = f"{run.plan.name}[{label},#{len(names)}]"
-            seen.add(name)
-            names.append((name, item))
-        return names
+        return branches(run.plan.name, axes)
 
     def _skip_step(self, run: _StepRun, now: float, reason: str) -> None:
         self._close_step(run, now, State.SKIPPED, reason)
@@ -547,57 +501,14 @@ class Scheduler:
 
     def _lookup(self, ref: Ref, task: Task | None, run: _StepRun) -> Any:
         if ref.root == PARAMS:
-            return _descend(self.params, ref.path, ref)
+            return descend(self.params, ref.path, ref)
         if ref.root == ITEM:
-            return _descend(task.item if task else None, ref.path, ref)
+            return descend(task.item if task else None, ref.path, ref)
         source = self.steps[ref.root]
         if ref.collect:
             outputs = [t.output for t in source.tasks or [] if t.state in OK]
-            return [_descend(o, ref.path, ref) for o in outputs]
+            return [descend(o, ref.path, ref) for o in outputs]
         producer = (source.tasks or [None])[0]
         if producer is None or producer.state not in OK:
             raise ResolveError(f"{ref}: {ref.root} has no output")
-        return _descend(producer.output, ref.path, ref)
-
-
-def _descend(value: Any, path: tuple, ref: Ref) -> Any:
-    for depth, part in enumerate(path):
-        here = (
-            "${"
-            + ref.root
-            + ("[*]" if ref.collect else "")
-            + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[:depth])
-            + "}"
-        )
-        if isinstance(value, dict) and "$artifact" in value:
-            raise ResolveError(
-                f"{ref}: {here} is a stored {value.get('format')} artifact; it has no field {part!r}"
-            )
-        if isinstance(part, int):
-            if not isinstance(value, list) or not -len(value) <= part < len(value):
-                raise ResolveError(f"{ref}: {here} has no index {part}")
-            value = value[part]
-        else:
-            if not isinstance(value, dict) or part not in value:
-                keys = ", ".join(map(str, value)) if isinstance(value, dict) else type(value).__name__
-                raise ResolveError(f"{ref}: {here} has no key {part!r} (it has: {keys})")
-            value = value[part]
-    return value
-
-
-def _labels(values: list) -> list[str]:
-    """Short names for fan-out items: scalars as themselves, records by their name or id."""
-    labels = []
-    for index, value in enumerate(values):
-        if isinstance(value, dict):
-            key = next(
-                (value[k] for k in ("name", "id", "model") if isinstance(value.get(k), str | int)), None
-            )
-            labels.append(str(key) if key is not None else str(index))
-        elif isinstance(value, list):
-            labels.append(str(index))
-        elif isinstance(value, str):
-            labels.append(value if value and not any(c in value for c in ",=[]") else json.dumps(value))
-        else:
-            labels.append(json.dumps(value))
-    return labels
+        return descend(producer.output, ref.path, ref)

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from fanflow.spec import validate
+from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Resources, Step, Workflow
 
@@ -47,8 +47,8 @@ class Plan:
                 name=name,
                 step=step,
                 index=index,
-                upstream=validate.upstream(workflow, name),
-                fan_in=validate.fans_in(workflow, name),
+                upstream=graph.upstream(workflow, name),
+                fan_in=graph.fans_in(workflow, name),
                 policy=workflow.policy(name),
             )
         for plan in steps.values():

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fanflow.engine.core import Event, Scheduler, State, Task
+from fanflow.engine.core import Scheduler, Task
 from fanflow.engine.plan import Plan
 from fanflow.executors.base import Executor, TaskResult, TaskSpec
 from fanflow.spec.model import Workflow
 from fanflow.spec.subflows import OUTPUTS_FUNCTION
-from fanflow.stores.values import artifact_digests
+from fanflow.vocab.manifest import artifact_digests
+from fanflow.vocab.states import Event, State
 
 
 class Recorder(Protocol):

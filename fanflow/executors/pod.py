@@ -18,7 +18,6 @@ reserved.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -26,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fanflow.engine.core import ResolveError, _descend, _labels
+from fanflow.engine.naming import labels
 from fanflow.engine.plan import convert
+from fanflow.engine.quorum import Tally
+from fanflow.engine.resolve import ResolveError, descend
 from fanflow.exporters import kserve
 from fanflow.exporters.kube import RUN_LABEL, STEP_LABEL, dns_name, label_value, resources, safe_json
 from fanflow.spec.refs import ITEM, PARAMS, Ref, RefSyntaxError, substitute, whole_ref
+from fanflow.vocab.manifest import FAILED_KEY, is_failure
 
-FAILED_KEY = "$failed"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -63,35 +64,31 @@ class PodTask:
         """The task's name as the engine gives it, e.g. ``train[model=cnn]``."""
         if self.item is None:
             return self.step
-        label = ",".join(f"{axis}={_labels([value])[0]}" for axis, value in self.item.items())
+        label = ",".join(f"{axis}={labels([value])[0]}" for axis, value in self.item.items())
         return f"{self.step}[{label}]"
 
     def lookup(self, ref: Ref) -> Any:
         if ref.root == PARAMS:
-            return _descend(self.params, ref.path, ref)
+            return descend(self.params, ref.path, ref)
         if ref.root == ITEM:
             if self.item is None:
                 raise PodUsageError(f"{ref} needs --item")
-            return _descend(self.item, ref.path, ref)
+            return descend(self.item, ref.path, ref)
         if ref.collect:
             if ref.root not in self.collected:
                 raise PodUsageError(f"{ref} needs --collect {ref.root}=JSON")
-            return [_descend(output, ref.path, ref) for output in succeeded(self.collected[ref.root])]
+            return [descend(output, ref.path, ref) for output in succeeded(self.collected[ref.root])]
         if ref.root not in self.inputs:
             raise PodUsageError(f"{ref} needs --input {ref.root}=JSON")
-        return _descend(self.inputs[ref.root], ref.path, ref)
+        return descend(self.inputs[ref.root], ref.path, ref)
 
     def resolve(self) -> dict[str, Any]:
         return substitute(self.with_, self.lookup)
 
 
-def failed(output: Any) -> bool:
-    return isinstance(output, dict) and FAILED_KEY in output
-
-
 def succeeded(outputs: list) -> list:
     """The outputs of the branches that succeeded, in declared order."""
-    return [output for output in outputs if not failed(output)]
+    return [output for output in outputs if not is_failure(output)]
 
 
 def _write(path: str | os.PathLike, text: str) -> None:
@@ -110,7 +107,7 @@ def write_lists(output: Any, lists: dict[str, str], step: str) -> None:
         ref = whole_ref(text)
         if ref is None or ref.root != step or ref.collect:
             raise PodUsageError(f"--list-output {text}: expected a reference into ${{{step}}}")
-        values = _descend(output, ref.path, ref)
+        values = descend(output, ref.path, ref)
         if not isinstance(values, list):
             raise ResolveError(
                 f"a later step fans out over {ref}, which is a {type(values).__name__}, not a list"
@@ -207,22 +204,18 @@ def check_quorum(
 ) -> str:
     """Count the succeeded branches a quorum fan-in collects, as the engine does. Returns
     the verdict; raises QuorumNotMet when too few succeeded."""
-    total = sum(widths.get(source, len(outputs)) for source, outputs in collected.items())
-    ok = sum(len(succeeded(outputs)) for outputs in collected.values())
-    need = min_success if isinstance(min_success, int) else math.ceil(min_success * total - 1e-9)
-    need = max(need, 1) if total else need
-    detail = f"{ok} of {total} branches of {', '.join(collected)} succeeded, {need} needed"
-    failures = [
+    tally = Tally(list(collected))
+    tally.total = sum(widths.get(source, len(outputs)) for source, outputs in collected.items())
+    tally.ok = sum(len(succeeded(outputs)) for outputs in collected.values())
+    tally.failures = [
         f"{output.get('task', source)}: {output[FAILED_KEY]}"
         for source, outputs in collected.items()
         for output in outputs
-        if failed(output)
+        if is_failure(output)
     ]
-    if failures:
-        detail += "; failed: " + "; ".join(failures)
-    if ok < need:
-        raise QuorumNotMet(f"{step}: quorum not met: {detail}")
-    return f"{step}: quorum met: {detail}"
+    if not tally.met(min_success):
+        raise QuorumNotMet(f"{step}: quorum not met: {tally.describe(min_success)}")
+    return f"{step}: quorum met: {tally.describe(min_success)}"
 
 
 class QuorumNotMet(Exception):

@@ -35,7 +35,7 @@ from fanflow.exporters.kube import (
     readable_json,
     resources,
 )
-from fanflow.spec import conditions, validate
+from fanflow.spec import conditions, graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Step, Workflow
 from fanflow.spec.refs import ITEM, PARAMS, whole_ref
@@ -253,7 +253,7 @@ class _Exporter:
     # -- planning: what each step needs, and what does not translate --------------------
     def _plan(self, name: str, step: Step) -> _StepPlan:
         plan = _StepPlan(name, argo_name(name), step)
-        for ref, where in validate.step_refs(step):
+        for ref, where in graph.step_refs(step):
             if where[0] != "with":
                 continue
             if ref.root == PARAMS:
@@ -273,7 +273,7 @@ class _Exporter:
                 "starts a task only once its dependencies finished (use wait: all)",
             )
         if step.min_success is not None:
-            for source in validate.fans_in(self.wf, name):
+            for source in graph.fans_in(self.wf, name):
                 if self.wf.steps[source].kind == "service":
                     self.refuse(name, "min_success", f"a quorum over the services of {source!r}")
         policy = step.on_failure or self.wf.on_failure
@@ -357,9 +357,9 @@ class _Exporter:
         for name, plan in self.plans.items():
             if not plan.step.fan_out:
                 continue
-            consumers = [c for c in self.wf.steps if name in validate.upstream(self.wf, c)]
+            consumers = [c for c in self.wf.steps if name in graph.upstream(self.wf, c)]
             plan.tolerate = bool(consumers) and all(
-                self.wf.steps[c].min_success is not None and name in validate.fans_in(self.wf, c)
+                self.wf.steps[c].min_success is not None and name in graph.fans_in(self.wf, c)
                 for c in consumers
             )
 
@@ -377,7 +377,7 @@ class _Exporter:
             return self._whens[name]
         self._whens[name] = []
         parts: list[str] = []
-        for up in validate.upstream(self.wf, name):
+        for up in graph.upstream(self.wf, name):
             parts += [p for p in self._conditions(up) if p not in parts]
         own = self.wf.steps[name].when
         if own is False or (isinstance(own, str) and own):
@@ -439,7 +439,7 @@ class _Exporter:
 
     def _dependencies(self, plan: _StepPlan) -> list[str]:
         deps = []
-        for up in validate.upstream(self.wf, plan.name):
+        for up in graph.upstream(self.wf, plan.name):
             deps.append(self.plans[up].task)
             if self.wf.steps[up].kind == "service":
                 deps.append(f"{self.plans[up].task}-create")
@@ -584,7 +584,7 @@ class _Exporter:
     def _quorum(self, plan: _StepPlan) -> tuple[m.DAGTask, m.Template]:
         """The check the quorum fan-in depends on: it counts the succeeded branches."""
         name = f"{plan.task}-quorum"
-        sources = validate.fans_in(self.wf, plan.name)
+        sources = graph.fans_in(self.wf, plan.name)
         args = ["--step", plan.name, "--min-success", str(plan.step.min_success)]
         inputs, arguments = [], []
         for source in sources:

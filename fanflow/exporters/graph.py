@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from fanflow.spec import validate
+from fanflow.spec import graph
 from fanflow.spec.model import Workflow
 from fanflow.spec.refs import whole_ref
 
@@ -43,8 +43,8 @@ def describe(workflow: Workflow) -> tuple[list[Node], list[Edge]]:
             fan = ", ".join(parts)
         function = step.uses.partition(":")[2]
         nodes.append(Node(name, f"{name}\n{function}", fan, step.kind == "service"))
-        collected = set(validate.fans_in(workflow, name))
-        for up in validate.upstream(workflow, name):
+        collected = set(graph.fans_in(workflow, name))
+        for up in graph.upstream(workflow, name):
             collect = up in collected
             label = "[*]" if collect else ""
             if collect and step.min_success is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from fanflow.exporters.kube import MANAGED_BY, RUN_LABEL, SERVER_PORT, dns_name, label_value
-from fanflow.stores.values import ARTIFACT_KEY
+from fanflow.vocab.manifest import ARTIFACT_KEY
 
 API_VERSION = "serving.kserve.io/v1beta1"
 MODEL_SERVER = "fanflow.serving.model_server:serve_model"

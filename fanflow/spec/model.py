@@ -7,46 +7,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from fanflow.vocab.units import parse_duration, parse_size
+
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*(/[A-Za-z_][A-Za-z0-9_-]*)*$"  # outer/inner: sub-workflows
 USES_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
-_DURATION = re.compile(
-    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$"
-)
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
-_MEMORY_UNITS = {
-    "": 1,
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "t": 10**12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-
 
 def _duration(value: Any) -> Any:
-    """Seconds, from a number or a text such as ``90s``, ``5m``, ``1h30m``, ``250ms``."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match or not any(match.groups()):
-            raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
-        h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
-        return h * 3600 + m * 60 + s + ms / 1000
-    return value
+    return parse_duration(value) if isinstance(value, str) else value
 
 
 def _memory(value: Any) -> Any:
-    """Bytes, from a number or a text such as ``512Mi``, ``2Gi``, ``1G``."""
-    if isinstance(value, str):
-        match = _MEMORY.match(value)
-        if not match:
-            raise ValueError(f"expected a memory size such as 512Mi or 2Gi, got {value!r}")
-        return int(float(match.group(1)) * _MEMORY_UNITS[(match.group(2) or "").lower()])
-    return value
+    return parse_size(value) if isinstance(value, str) else value
 
 
 Duration = Annotated[float, BeforeValidator(_duration, json_schema_input_type=float | str), Field(ge=0)]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from fanflow.vocab.imports import import_object
+
 GROUP = "fanflow.workflows"
 
 
@@ -23,9 +25,7 @@ class InstalledWorkflow:
     package: str | None
 
     def path(self) -> Path:
-        from fanflow.executors.worker import import_callable_or_value
-
-        target = import_callable_or_value(self.value)
+        target = import_object(self.value)
         return Path(str(target))
 
 

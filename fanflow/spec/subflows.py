@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fanflow.spec.errors import SpecError
+from fanflow.spec.graph import leaves, step_refs
 from fanflow.spec.positions import Positions
 from fanflow.spec.refs import PARAMS, Ref, parse_ref
 
@@ -122,7 +123,7 @@ def _expand(
                 raw["when"] = _combine(step["when"], raw.get("when"))
         inner_steps[prefix + inner_name] = raw
     declared = child.outputs or {
-        leaf: f"${{{leaf}[*]}}" if child.steps[leaf].fan_out else f"${{{leaf}}}" for leaf in _leaves(child)
+        leaf: f"${{{leaf}[*]}}" if child.steps[leaf].fan_out else f"${{{leaf}}}" for leaf in leaves(child)
     }
     inner_steps[name] = {
         "uses": OUTPUTS_FUNCTION,
@@ -207,16 +208,7 @@ def _text(value: Any) -> str:
 
 
 def _mentions_steps(step, child) -> bool:
-    from fanflow.spec.validate import step_refs
-
     return bool(step.needs) or any(ref.is_step for ref, _ in step_refs(step))
-
-
-def _leaves(child) -> list[str]:
-    from fanflow.spec.validate import upstream
-
-    used = {up for name in child.steps for up in upstream(child, name)}
-    return [name for name in child.steps if name not in used]
 
 
 def _combine(outer: Any, inner: Any) -> Any:

@@ -12,9 +12,10 @@ from pathlib import Path as FilePath
 
 from fanflow.spec import conditions
 from fanflow.spec.errors import SpecError, SpecIssue
+from fanflow.spec.graph import fans_in, step_refs, upstream
 from fanflow.spec.model import Step, Workflow, type_name
 from fanflow.spec.positions import Positions
-from fanflow.spec.refs import ITEM, PARAMS, Ref, RefSyntaxError, iter_refs, whole_ref
+from fanflow.spec.refs import ITEM, PARAMS, Ref, RefSyntaxError, whole_ref
 
 
 def check(workflow: Workflow, positions: Positions | None = None, *, check_imports: bool = True) -> None:
@@ -51,31 +52,6 @@ def _check_param(name, param, positions) -> list[SpecIssue]:
 def _fits(value, kind: str) -> bool:
     actual = type_name(value)
     return actual == kind or (kind == "float" and actual == "int")
-
-
-def step_refs(step: Step) -> list[tuple[Ref, tuple]]:
-    """Every reference of a step with the path where it stands (relative to the step)."""
-    found = list(iter_refs(step.with_, ("with",)))
-    if step.fan_out:
-        found += list(iter_refs(step.fan_out, ("fan_out",)))
-    if isinstance(step.when, str):
-        found += list(iter_refs(step.when, ("when",)))
-    return found
-
-
-def upstream(workflow: Workflow, name: str) -> list[str]:
-    """The steps ``name`` depends on, in declared order: referenced ones and ``needs``."""
-    step = workflow.steps[name]
-    wanted = {ref.root for ref, _ in step_refs(step) if ref.is_step} | set(step.needs)
-    return [s for s in workflow.steps if s in wanted]
-
-
-def fans_in(workflow: Workflow, name: str) -> list[str]:
-    """Fanned-out steps whose branches ``name`` collects (through ${x[*]} or needs)."""
-    step = workflow.steps[name]
-    collected = {ref.root for ref, _ in step_refs(step) if ref.collect}
-    collected |= {n for n in step.needs if n in workflow.steps and workflow.steps[n].fan_out}
-    return [s for s in workflow.steps if s in collected]
 
 
 def _check_step(workflow: Workflow, name: str, step: Step, positions: Positions) -> list[SpecIssue]:

@@ -180,6 +180,14 @@ class ArtifactStore:
         local.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, local)
 
+    def location(self, digest: str, suffix: str = "") -> str:
+        """Where the object lives, for people: its file in a local store, its URL otherwise."""
+        hex_digest = _check_digest(digest).removeprefix(DIGEST_PREFIX)
+        relative = self._relative(hex_digest, _check_suffix(suffix))
+        if self.local:
+            return str(self.root / relative)
+        return f"{self.url.rstrip('/')}/{relative}"
+
     def exists(self, digest: str, suffix: str = "") -> bool:
         try:
             self.path(digest, suffix)

@@ -6,8 +6,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from fanflow.spec.model import _duration
 from fanflow.stores.artifacts import ArtifactStore
+from fanflow.vocab.units import parse_duration
 
 
 @dataclass
@@ -23,7 +23,7 @@ def collect(project, *, keep: int = 20, older_than: str | None = None, dry_run: 
         raise ValueError("--keep must be 0 or more")
     cutoff = None
     if older_than:
-        cutoff = time.time() - float(_duration(older_than))
+        cutoff = time.time() - parse_duration(older_than)
     store = project.store
     rows = store.list_runs(limit=10**9)
     report = GcReport()

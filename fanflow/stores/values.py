@@ -9,15 +9,13 @@ get the leaves back loaded: arrays memory-mapped, files as read-only paths.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from fanflow.stores.artifacts import ArtifactPath, ArtifactStore
-
-ARTIFACT_KEY = "$artifact"
+from fanflow.vocab.manifest import ARTIFACT_KEY, FLOAT_KEY, RESERVED_PREFIX
 
 # scikit-learn models are loaded with skops, trusting only types from these packages.
 _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy", "scipy.", "builtins", "collections")
@@ -27,24 +25,20 @@ class UnstorableValue(TypeError):
     """A step returned something fanflow cannot store."""
 
 
-def is_artifact(value: Any) -> bool:
-    return isinstance(value, dict) and ARTIFACT_KEY in value
-
-
 def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: Path | None = None) -> Any:
     """Store the non-JSON leaves of ``value`` and return its manifest."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            return {"$float": repr(value)}
+            return {FLOAT_KEY: repr(value)}
         return value
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise UnstorableValue(f"{where}: dict keys must be strings, got {key!r}")
-            if key.startswith("$"):
+            if key.startswith(RESERVED_PREFIX):
                 raise UnstorableValue(f"{where}: keys starting with '$' are reserved, got {key!r}")
             out[key] = encode(item, store, where=f"{where}.{key}", scratch=scratch)
         if _is_state_dict(value):
@@ -67,8 +61,13 @@ def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | N
         return {ARTIFACT_KEY: obj.digest, "format": "bytes", "suffix": ".bin", "size": obj.size}
     if isinstance(value, ArtifactPath) and value.digest and value.is_relative_to(store.root):
         # A stored file handed on by a step: point to it again, no copy, original name kept.
-        return {ARTIFACT_KEY: value.digest, "format": "file", "name": value.original_name or value.name,
-                "suffix": value.suffix, "size": value.stat().st_size}
+        return {
+            ARTIFACT_KEY: value.digest,
+            "format": "file",
+            "name": value.original_name or value.name,
+            "suffix": value.suffix,
+            "size": value.stat().st_size,
+        }
     if isinstance(value, Path):
         if not value.is_file():
             raise UnstorableValue(f"{where}: {value} is not a file")
@@ -149,8 +148,8 @@ def decode(manifest: Any, store: ArtifactStore) -> Any:
     if isinstance(manifest, dict):
         if ARTIFACT_KEY in manifest:
             return _load_leaf(manifest, store)
-        if "$float" in manifest and len(manifest) == 1:
-            return float(manifest["$float"])
+        if FLOAT_KEY in manifest and len(manifest) == 1:
+            return float(manifest[FLOAT_KEY])
         return {k: decode(v, store) for k, v in manifest.items()}
     return manifest
 
@@ -186,23 +185,12 @@ def _load_leaf(ref: dict, store: ArtifactStore) -> Any:
     raise UnstorableValue(f"artifact {digest} has an unknown format {fmt!r}")
 
 
-def dumps(manifest: Any) -> str:
-    """Canonical JSON of a manifest (sorted keys): equal manifests give equal strings."""
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-
-
-def artifact_refs(manifest: Any):
-    """Every artifact reference inside a manifest."""
+def locations(manifest: Any, store: ArtifactStore) -> Any:
+    """The manifest with each artifact reference replaced by where its object lives."""
     if isinstance(manifest, dict):
         if ARTIFACT_KEY in manifest:
-            yield manifest
-        else:
-            for value in manifest.values():
-                yield from artifact_refs(value)
-    elif isinstance(manifest, list):
-        for value in manifest:
-            yield from artifact_refs(value)
-
-
-def artifact_digests(manifest: Any) -> list[str]:
-    return [ref[ARTIFACT_KEY] for ref in artifact_refs(manifest)]
+            return store.location(manifest[ARTIFACT_KEY], manifest.get("suffix", ""))
+        return {k: locations(v, store) for k, v in manifest.items()}
+    if isinstance(manifest, list):
+        return [locations(v, store) for v in manifest]
+    return manifest

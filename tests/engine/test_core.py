@@ -2,7 +2,7 @@
 
 import pytest
 
-from fanflow.engine.core import State
+from fanflow.vocab.states import State
 from tests.engine.drive import run_all, scheduler
 
 NOOP = "json:dumps"

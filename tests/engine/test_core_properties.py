@@ -7,7 +7,7 @@ import zlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fanflow.engine.core import OK, TERMINAL, State
+from fanflow.vocab.states import OK, TERMINAL, State
 from tests.engine.drive import scheduler
 
 NOOP = "json:dumps"

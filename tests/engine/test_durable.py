@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
+from fanflow.vocab.states import State
 from tests.conftest import cli, write
 from tests.engine.drive import run_workflow as run
 from tests.engine.flowsteps import count

@@ -4,9 +4,9 @@ behind one another in the local workers; the results and the failure semantics s
 import shutil
 from pathlib import Path
 
-from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
+from fanflow.vocab.states import State
 from tests.conftest import write
 
 STEPS = Path(__file__).with_name("flowsteps.py")

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
+from fanflow.vocab.states import State
 from tests.conftest import write
 
 STEPS = Path(__file__).with_name("flowsteps.py")

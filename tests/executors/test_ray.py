@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 
-from fanflow.engine.core import State
 from fanflow.executors.base import TaskSpec
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
+from fanflow.vocab.states import State
 from tests.conftest import ROOT, cli, write
 
 ray = pytest.importorskip("ray")
@@ -330,7 +330,7 @@ def test_an_executor_given_an_address_connects_and_only_disconnects(steps, tmp_p
     script = f"""
 import ray
 from fanflow.executors.ray import RayExecutor
-from fanflow.engine.core import State
+from fanflow.vocab.states import State
 from fanflow.executors.base import TaskSpec
 
 executor = RayExecutor(address={address!r})

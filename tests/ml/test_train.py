@@ -77,7 +77,8 @@ def test_the_ingested_data_goes_through_the_artifact_store_once(tmp_path):
     """The engine stores each array once and hands every branch read-only memory maps."""
     from fanflow.ml.sources import moving_digits
     from fanflow.stores.artifacts import ArtifactStore
-    from fanflow.stores.values import decode, dumps, encode
+    from fanflow.stores.values import decode, encode
+    from fanflow.vocab.manifest import dumps
 
     store = ArtifactStore(tmp_path / "store")
     manifest = encode(moving_digits(seed=2, train=64, val=16, test=16, previews=1), store)

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
 from fanflow.stores.artifacts import ArtifactStore
+from fanflow.vocab.states import State
 from tests.conftest import ROOT, cli
 
 WORKFLOW = ROOT / "examples" / "video_entity_tagging" / "workflow.yaml"

@@ -10,7 +10,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fanflow.stores.artifacts import ArtifactStore, IntegrityError
-from fanflow.stores.values import ARTIFACT_KEY, UnstorableValue, decode, encode
+from fanflow.stores.values import UnstorableValue, decode, encode
+from fanflow.vocab.manifest import ARTIFACT_KEY
 
 
 @pytest.fixture(params=["local", "memory"])

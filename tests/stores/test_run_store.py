@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
-from fanflow.stores import runs as runs_module
-from fanflow.stores.runs import SCHEMA_VERSION, RunStore
+from fanflow.stores import schema
+from fanflow.stores.runs import RunStore
+from fanflow.stores.schema import SCHEMA_VERSION
 from tests.conftest import write
 
 STEPS = Path(__file__).parents[1] / "engine" / "flowsteps.py"
@@ -84,7 +85,7 @@ def test_schema_is_versioned_and_a_newer_schema_is_refused(db_url):
     store = RunStore(db_url)
     assert store.schema_version() == SCHEMA_VERSION
     with store.engine.begin() as conn:
-        conn.execute(runs_module.meta_table.update().values(value=str(SCHEMA_VERSION + 1)))
+        conn.execute(schema.meta_table.update().values(value=str(SCHEMA_VERSION + 1)))
     store.close()
     with pytest.raises(RuntimeError, match="upgrade fanflow"):
         RunStore(db_url)
@@ -105,10 +106,10 @@ def test_migrations_bring_an_empty_database_to_the_current_version(db_url):
 def test_a_run_whose_engine_died_reads_as_interrupted(db_url):
     store = RunStore(db_url)
     with store.engine.begin() as conn:
-        conn.execute(runs_module.runs.insert().values(
+        conn.execute(schema.runs.insert().values(
             id="dead", workflow="w", spec="{}", params="{}", state="running", started=time.time() - 100,
             heartbeat=time.time() - 100, host="some-other-host", pid=1))
-        conn.execute(runs_module.runs.insert().values(
+        conn.execute(schema.runs.insert().values(
             id="alive", workflow="w", spec="{}", params="{}", state="running", started=time.time(),
             heartbeat=time.time(), host="some-other-host", pid=1))
     states = {r.id: r.state for r in store.list_runs()}

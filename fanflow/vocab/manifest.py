@@ -1,0 +1,47 @@
+"""The keys of a manifest: the plain JSON that stands for a step's inputs or outputs.
+
+A stored leaf is ``{"$artifact": "sha256:...", "format": ..., ...}``; a float JSON cannot
+hold is ``{"$float": "nan"}``; a task that failed where only its output travels (a pod on
+Kubernetes) leaves ``{"$failed": error, "task": name}``. User data may not use keys that
+start with ``$``, so these never clash with a step's own values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+ARTIFACT_KEY = "$artifact"
+FLOAT_KEY = "$float"
+FAILED_KEY = "$failed"
+RESERVED_PREFIX = "$"
+
+
+def is_artifact(value: Any) -> bool:
+    return isinstance(value, dict) and ARTIFACT_KEY in value
+
+
+def is_failure(value: Any) -> bool:
+    return isinstance(value, dict) and FAILED_KEY in value
+
+
+def artifact_refs(manifest: Any) -> Iterator[dict]:
+    """Every artifact reference inside a manifest."""
+    if isinstance(manifest, dict):
+        if ARTIFACT_KEY in manifest:
+            yield manifest
+        else:
+            for value in manifest.values():
+                yield from artifact_refs(value)
+    elif isinstance(manifest, list):
+        for value in manifest:
+            yield from artifact_refs(value)
+
+
+def artifact_digests(manifest: Any) -> list[str]:
+    return [ref[ARTIFACT_KEY] for ref in artifact_refs(manifest)]
+
+
+def dumps(manifest: Any) -> str:
+    """Canonical JSON of a manifest (sorted keys): equal manifests give equal strings."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"))

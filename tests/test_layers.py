@@ -1,0 +1,57 @@
+"""The layers' import rules, read from the source with ``ast``: lower layers never import
+higher ones, and no module imports another module's private names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fanflow"
+
+# What each low layer may import from fanflow (itself included).
+ALLOWED = {
+    "vocab": {"vocab"},
+    "spec": {"vocab", "spec"},
+    "stores": {"vocab", "stores"},
+}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, [alias.name for alias in node.names], node.lineno
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, [], node.lineno
+
+
+def _modules():
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_a_low_layer_imports_only_the_layers_below_it(layer):
+    wrong = []
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        for module, _, line in _imports(path):
+            parts = module.split(".")
+            if parts[0] == "fanflow" and len(parts) > 1 and parts[1] not in ALLOWED[layer]:
+                if module == "fanflow" or parts[1] in ("runtime",):
+                    continue
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_imports_another_modules_private_names():
+    wrong = []
+    for path in _modules():
+        for module, names, line in _imports(path):
+            if not module.startswith("fanflow"):
+                continue
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}: {private}")
+    assert not wrong, "\n".join(wrong)
