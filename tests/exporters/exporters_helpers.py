@@ -18,10 +18,10 @@ STORE = "s3://fanflow-artifacts/runs"
 
 
 def run_k8s(*args: str, cwd: Path | str = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m fanflow.cli.k8s ARGS`` as a real process."""
+    """``python -m fanflow.cli.kube ARGS`` as a real process."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "fanflow.cli.k8s", *args],
+        [sys.executable, "-m", "fanflow.cli.kube", *args],
         cwd=cwd,
         env=environment,
         capture_output=True,

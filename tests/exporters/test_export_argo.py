@@ -369,7 +369,7 @@ def test_the_commands_register_in_the_main_command_line(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from fanflow.cli.k8s import check_quorum_command, exec_command, export_app
+    from fanflow.cli.kube import check_quorum_command, exec_command, export_app
 
     app = typer.Typer(
         name="fanflow", add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None

@@ -1,4 +1,4 @@
-"""``fanflow predict`` (fanflow.serving.cli.predict) against real servers."""
+"""``fanflow predict`` (fanflow.cli.predict) against real servers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fanflow.serving.cli import predict
+from fanflow.cli.predict import tag_files
 from fanflow.serving.gateway import create_gateway_app
 from fanflow.serving.model_server import create_model_app
 from fanflow.serving.server import bind_socket
@@ -32,7 +32,7 @@ def clip_files(tmp_path):
 
 
 def test_json_output_has_tags_and_provenance(ensemble, clip_files, capsys):
-    assert predict(ensemble["gateway"].url, clip_files, as_json=True) == 0
+    assert tag_files(ensemble["gateway"].url, clip_files, as_json=True) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "ensemble" and result["degraded"] is False
     assert [c["clip"] for c in result["clips"]] == [
@@ -47,7 +47,7 @@ def test_json_output_has_tags_and_provenance(ensemble, clip_files, capsys):
 
 
 def test_table_output(ensemble, clip_files, capsys):
-    assert predict(ensemble["gateway"].url + "/v2/models/ensemble", clip_files[:1], as_json=False) == 0
+    assert tag_files(ensemble["gateway"].url + "/v2/models/ensemble", clip_files[:1], as_json=False) == 0
     out = capsys.readouterr().out
     assert "Tags from ensemble" in out
     assert "r0c0, r0c1" in out
@@ -55,7 +55,7 @@ def test_table_output(ensemble, clip_files, capsys):
 
 
 def test_a_model_server_directly(ensemble, clip_files, capsys):
-    assert predict(ensemble["a"].url, clip_files[:1], as_json=True) == 0
+    assert tag_files(ensemble["a"].url, clip_files[:1], as_json=True) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "a"
     assert result["clips"][0]["provenance"] == [
@@ -65,7 +65,7 @@ def test_a_model_server_directly(ensemble, clip_files, capsys):
 
 def test_degraded_answers_name_the_failed_member(ensemble, clip_files, capsys):
     ensemble["b"].stop()
-    assert predict(ensemble["gateway"].url, clip_files[:1], as_json=False) == 0
+    assert tag_files(ensemble["gateway"].url, clip_files[:1], as_json=False) == 0
     out = capsys.readouterr().out
     assert "degraded" in out and "member b" in out
 
@@ -82,7 +82,7 @@ def test_an_unreachable_url_is_one_line(clip_files, capsys):
     sock = bind_socket("127.0.0.1", 0)  # a port nobody listens on
     port = sock.getsockname()[1]
     sock.close()
-    assert predict(f"http://127.0.0.1:{port}", clip_files, as_json=False) == 1
+    assert tag_files(f"http://127.0.0.1:{port}", clip_files, as_json=False) == 1
     assert "cannot reach" in one_error_line(capsys)
 
 
@@ -97,16 +97,16 @@ def test_an_unreachable_url_is_one_line(clip_files, capsys):
     ids=["missing", "not numpy", "wrong shape", "broken video"],
 )
 def test_a_bad_file_is_one_line(ensemble, tmp_path, capsys, make, words):
-    assert predict(ensemble["gateway"].url, [make(tmp_path)], as_json=True) == 1
+    assert tag_files(ensemble["gateway"].url, [make(tmp_path)], as_json=True) == 1
     assert words in one_error_line(capsys)
 
 
 def test_values_the_server_refuses_are_one_line(ensemble, tmp_path, capsys):
     np.save(tmp_path / "bright.npy", np.full((4, 8, 8), 7.0, dtype=np.float32))
-    assert predict(ensemble["a"].url, [tmp_path / "bright.npy"], as_json=True) == 1
+    assert tag_files(ensemble["a"].url, [tmp_path / "bright.npy"], as_json=True) == 1
     assert "400" in one_error_line(capsys)
 
 
 def test_not_a_url(capsys):
-    assert predict("localhost:8000", [], as_json=False) == 1
+    assert tag_files("localhost:8000", [], as_json=False) == 1
     assert "URL" in one_error_line(capsys)

@@ -6,13 +6,26 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from fanflow.serving import wire
 from fanflow.serving.client import ClientError, V2Client
 
 BATCH = 32  # clips per request
+
+
+def predict(
+    clip_files: Annotated[
+        list[Path], typer.Argument(metavar="CLIP_FILE...", help="Video files or .npy clips.")
+    ],
+    url: Annotated[str, typer.Option(help="A model server's or the gateway's address.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Tag clips with a served model or the ensemble; each tag says which model found it."""
+    raise typer.Exit(tag_files(url, clip_files, as_json=json_output))
 
 
 class ClipError(Exception):
@@ -74,7 +87,7 @@ def _ask(client: V2Client, clips: np.ndarray) -> tuple[list[list[str]], list[lis
     return tags, provenance, failed
 
 
-def predict(url: str, clip_files: list[Path], as_json: bool = False) -> int:
+def tag_files(url: str, clip_files: list[Path], as_json: bool = False) -> int:
     """Tag the clips in ``clip_files`` with the model at ``url``; print a table (or JSON).
     Returns the exit code: 0, or 1 with one line on stderr when a file or the server fails."""
     try:

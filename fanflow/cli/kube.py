@@ -1,7 +1,7 @@
 """Kubernetes commands: ``fanflow export argo|kserve`` and what pods run, ``fanflow exec`` and
 ``fanflow check-quorum``.
 
-Also runnable on its own: ``python -m fanflow.cli.k8s exec ...``.
+Also runnable on its own: ``python -m fanflow.cli.kube exec ...``.
 """
 
 from __future__ import annotations

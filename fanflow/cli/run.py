@@ -1,0 +1,202 @@
+"""Running workflows: ``fanflow run``, ``resume`` and ``serve``."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fanflow.cli.common import HomeOption, UsageError, err, escape, load, open_project, out, parse_params
+
+
+def run(
+    workflow: Annotated[Path, typer.Argument(help="A workflow file (.yaml or .py).")],
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="KEY=VALUE, repeatable.")] = None,
+    executor: Annotated[str, typer.Option(help="Where tasks run: local or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task, reusing nothing.")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep services up after the run until Ctrl-C.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run's result as JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Run a workflow and show every task as it goes."""
+    spec = load(workflow)
+    _execute(
+        spec,
+        parse_params(param),
+        executor=executor,
+        address=address,
+        cache=not no_cache,
+        serve=serve,
+        json_output=json_output,
+        home=home,
+    )
+
+
+def _execute(
+    spec,
+    params: dict[str, Any],
+    *,
+    home: Path | None,
+    executor: str = "local",
+    address: str | None = None,
+    cache: bool = True,
+    serve: bool = False,
+    json_output: bool = False,
+    resume: str | None = None,
+) -> None:
+    from fanflow.cli.live import RunView
+
+    project = open_project(home)
+    options = {"address": address} if address else {}
+    view = RunView(f"{spec.name}")
+    runner = project.runner(
+        spec,
+        params=params,
+        executor=executor,
+        executor_options=options,
+        cache=cache,
+        keep_services=serve,
+        listeners=[view],
+        resume=resume,
+    )
+    view.title = f"{spec.name} · run {runner.run_id}" + (f" · resumes {resume}" if resume else "")
+    with view:
+        result = runner.run()
+    err.print(view.summary())
+    _report(result, runner, project, json_output)
+    if serve and result.state == "succeeded" and result.services:
+        _keep_serving(runner, result)
+    project.close()
+    raise typer.Exit(0 if result.state == "succeeded" else (130 if result.state == "cancelled" else 1))
+
+
+def _report(result, runner, project, json_output: bool) -> None:
+    from fanflow.stores.artifacts import ArtifactStore
+    from fanflow.stores.values import locations
+    from fanflow.vocab.states import OK
+
+    artifacts = ArtifactStore(project.artifacts_url)
+    tasks = list(result.tasks.values())
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task.state.value] = counts.get(task.state.value, 0) + 1
+    cached = sum(1 for t in tasks if t.cached)
+    leaves = [name for name, s in runner.plan.steps.items() if not s.downstream]
+    results = {}
+    for name in leaves:
+        outputs = [locations(t.output, artifacts) for t in tasks if t.step == name and t.state in OK]
+        if outputs:
+            fanned = bool(runner.plan.steps[name].step.fan_out)
+            results[name] = outputs if fanned else outputs[0]
+    if json_output:
+        print(
+            json.dumps(
+                {
+                    "run": result.run_id,
+                    "state": result.state,
+                    "error": result.error,
+                    "duration": round(result.duration, 3),
+                    "tasks": counts,
+                    "cached": cached,
+                    "results": results,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    for name, value in results.items():
+        if _show_report(name, value):
+            continue
+        text = json.dumps(value, indent=2, default=str)
+        if len(text) > 4000:
+            text = text[:4000] + "\n…"
+        out.print(f"[bold]{escape(name)}[/] =", text, markup=True, highlight=False, soft_wrap=True)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}[result.state]
+    err.print(
+        f"[bold {style}]run {result.run_id} {result.state}[/] in {result.duration:.1f}s "
+        f"({len(tasks)} tasks: {summary}" + (f"; {cached} reused" if cached else "") + ")",
+        markup=True,
+        soft_wrap=True,
+    )
+    if result.error:
+        err.print(f"[red]{escape(result.error)}[/]", markup=True, soft_wrap=True)
+    if result.state != "succeeded":
+        err.print(f"inspect: fanflow show {result.run_id}   resume: fanflow resume {result.run_id}")
+
+
+def _show_report(step: str, value: Any) -> bool:
+    """A result that holds a Markdown report (``{"markdown": file, ...}``) is shown as the
+    report itself, with where its other files are."""
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("markdown"), str)
+        and value["markdown"].endswith(".md")
+    ):
+        return False
+    path = Path(value["markdown"])
+    if not path.is_file():
+        return False
+    from rich.markdown import Markdown
+
+    out.print(Markdown(path.read_text(encoding="utf-8")))
+    for key, item in value.items():
+        if key != "markdown" and isinstance(item, str) and Path(item).is_file():
+            out.print(f"[dim]{escape(step)} {key}: {escape(item)}[/]", markup=True, soft_wrap=True)
+    return True
+
+
+def _keep_serving(runner, result) -> None:
+    for name, endpoint in result.services.items():
+        url = endpoint.get("url") if isinstance(endpoint, dict) else endpoint
+        out.print(f"[bold green]serving[/] {escape(name)}: {url}", markup=True)
+    err.print("press Ctrl-C to stop")
+    stop = threading.Event()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.supervise(stop)
+    runner.stop_services()
+
+
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run to continue.")],
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Reuse only the resumed run's own tasks.")
+    ] = False,
+    executor: Annotated[str, typer.Option(help="Where tasks run: local or ray.")] = "local",
+    home: HomeOption = None,
+) -> None:
+    """Continue a failed, cancelled or interrupted run: finished tasks are reused."""
+    from fanflow.project import RunNotFound
+
+    project = open_project(home)
+    try:
+        spec, params, previous = project.resumable(run_id)
+    except RunNotFound as exc:
+        raise UsageError(str(exc)) from None
+    _execute(spec, params, home=home, executor=executor, cache=not no_cache, resume=previous)
+
+
+def serve(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A finished run with service steps.")],
+    home: HomeOption = None,
+) -> None:
+    """Bring a finished run's services (its selected models' servers and the gateway) back up
+    from its artifacts, without retraining; print their URLs and serve until Ctrl-C."""
+    from fanflow.project import RunNotFound
+
+    project = open_project(home)
+    try:
+        spec, params, previous = project.servable(run_id)
+    except RunNotFound as exc:
+        raise UsageError(str(exc)) from None
+    _execute(spec, params, home=home, serve=True, resume=previous)

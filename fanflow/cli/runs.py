@@ -1,0 +1,208 @@
+"""Inspecting runs: ``fanflow runs``, ``show``, ``logs`` and ``gc``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from fanflow.cli.common import HomeOption, UsageError, err, escape, open_project, out
+
+
+def runs(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20,
+    workflow: Annotated[str | None, typer.Option(help="Only this workflow's runs.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """List recent runs."""
+    project = open_project(home)
+    rows = project.store.list_runs(limit, workflow)
+    table = Table(header_style="bold", box=None)
+    for column in ("run", "workflow", "state", "started", "duration", "error"):
+        table.add_column(column, overflow="fold")
+    from fanflow.cli.live import STYLE
+
+    for row in rows:
+        table.add_row(
+            row.id,
+            row.workflow,
+            f"[{STYLE.get(row.state, 'red')}]{row.state}[/]",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.started)),
+            f"{row.duration:.1f}s" if row.duration is not None else "",
+            Text((row.error or "")[:100]),
+        )
+    out.print(table if rows else "no runs yet")
+
+
+def _run_row(project, run_id: str):
+    row = project.store.get_run(run_id)
+    if row is None:
+        raise UsageError(f"no run {run_id!r} in {project.db_url} (see: fanflow runs)")
+    return row
+
+
+def show(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Show a run's tasks: states, attempts, durations, reuse and outputs."""
+    project = open_project(home)
+    row = _run_row(project, run_id)
+    tasks = project.store.tasks(row.id)
+    attempts = project.store.attempts(row.id)
+    if json_output:
+        print(json.dumps({"run": row.__dict__, "tasks": tasks, "attempts": attempts}, indent=2, default=str))
+        return
+    from fanflow.cli.live import STYLE, SYMBOL
+    from fanflow.stores.artifacts import ArtifactStore
+    from fanflow.stores.values import locations
+
+    artifacts = ArtifactStore(project.artifacts_url)
+
+    by_task: dict[str, list] = {}
+    for attempt in attempts:
+        by_task.setdefault(attempt["task"], []).append(attempt)
+    duration = f"{row.duration:.1f}s" if row.duration is not None else "-"
+    tree = Tree(
+        f"[bold]{row.workflow}[/] run {row.id}: [{STYLE.get(row.state, 'red')}]{row.state}[/] in {duration}"
+        + (f" (resumes {row.resumed_from})" if row.resumed_from else "")
+    )
+    if row.params:
+        tree.add("params: " + json.dumps(row.params, default=str))
+    steps: dict[str, Any] = {}
+    for task in tasks:
+        branch = steps.get(task["step"])
+        if branch is None:
+            branch = steps[task["step"]] = tree.add(f"[bold]{task['step']}[/]")
+        took = ""
+        if task["started"] and task["ended"]:
+            took = f" {task['ended'] - task['started']:.2f}s"
+        reused = " (reused)" if task["cached"] else ""
+        line = (
+            f"[{STYLE.get(task['state'], '')}]{SYMBOL.get(task['state'], '')} {task['name']}[/] "
+            f"{task['state']}{reused} attempts={task['attempts']}{took}"
+        )
+        node = branch.add(line)
+        if task["error"]:
+            node.add(f"[red]{escape(task['error'])[:500]}[/]")
+        elif task["reason"]:
+            node.add(f"[dim]{escape(task['reason'])}[/]")
+        if task["output"] is not None:
+            text = json.dumps(locations(task["output"], artifacts), default=str)
+            node.add(f"[dim]output: {escape(text[:300])}{'…' if len(text) > 300 else ''}[/]")
+        for attempt in by_task.get(task["name"], []) if task["attempts"] > 1 else []:
+            node.add(
+                f"attempt {attempt['attempt']}: {attempt['state']}"
+                + (
+                    f" ({attempt['exit_reason']}) {escape(attempt['error'] or '')[:200]}"
+                    if attempt["error"]
+                    else ""
+                )
+            )
+    out.print(tree)
+
+
+def logs(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    task: Annotated[
+        str | None, typer.Argument(help="One task, e.g. 'train[model=cnn]'; all when left out.")
+    ] = None,
+    attempt: Annotated[int | None, typer.Option(help="Which attempt (default: the last).")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing while the run goes on.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Print (or follow) the stdout and stderr that tasks wrote."""
+    from fanflow.engine.runner import file_name
+
+    project = open_project(home)
+    row = _run_row(project, run_id)
+    folder = Path(row.home or project.home) / "logs" / row.id
+    tasks = project.store.tasks(row.id)
+    if task is not None:
+        chosen = [t for t in tasks if t["name"] == task]
+        if not chosen:
+            names = ", ".join(t["name"] for t in tasks[:10])
+            raise UsageError(
+                f"run {row.id} has no task {task!r} (tasks: {names}{', …' if len(tasks) > 10 else ''})"
+            )
+        tasks = chosen
+    printed = False
+    for t in tasks:
+        number = attempt or max(t["attempts"], 1)
+        for stream in ("out", "err"):
+            path = folder / f"{file_name(t['name'])}.{number}.{stream}"
+            if path.exists() and path.stat().st_size:
+                if len(tasks) > 1 or stream == "err":
+                    err.print(
+                        f"[bold]── {escape(t['name'])} (attempt {number}, std{stream}) ──[/]", markup=True
+                    )
+                sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
+                sys.stdout.flush()
+                printed = True
+    if follow:
+        _follow(project, row.id, folder, tasks, file_name)
+    elif not printed:
+        err.print("no output")
+
+
+def _follow(project, run_id: str, folder: Path, tasks: list[dict], file_name) -> None:
+    offsets: dict[Path, int] = {}
+    names = {t["name"] for t in tasks}
+    for path in folder.glob("*.out"):
+        offsets[path] = path.stat().st_size
+    try:
+        while True:
+            for path in sorted(folder.glob("*.*")):
+                if path.suffix not in (".out", ".err"):
+                    continue
+                if len(names) == 1 and not path.name.startswith(file_name(next(iter(names))) + "."):
+                    continue
+                size = path.stat().st_size
+                seen = offsets.get(path, 0)
+                if size > seen:
+                    with open(path, encoding="utf-8", errors="replace") as f:
+                        f.seek(seen)
+                        sys.stdout.write(f.read())
+                        sys.stdout.flush()
+                    offsets[path] = size
+            row = project.store.get_run(run_id)
+            if row is None or row.state != "running":
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+def gc(
+    keep: Annotated[int, typer.Option(help="Keep this many most recent runs.")] = 20,
+    older_than: Annotated[
+        str | None, typer.Option(help="Only drop runs older than this (e.g. 7d, 12h).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; delete nothing.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Drop old runs, their logs, and the artifacts no remaining run or cache entry uses."""
+    from fanflow.stores.gc import collect
+
+    project = open_project(home)
+    try:
+        report = collect(project, keep=keep, older_than=older_than, dry_run=dry_run)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    verb = "would drop" if dry_run else "dropped"
+    out.print(
+        f"{verb} {len(report.runs)} runs and {len(report.artifacts)} artifacts "
+        f"({report.bytes / 1e6:.1f} MB); kept {report.kept_runs} runs"
+    )
+    for run_id in report.runs:
+        out.print(f"  run {run_id}")
