@@ -6,17 +6,37 @@ The executor sets these environment variables before calling a step function, so
 
 from __future__ import annotations
 
+import contextvars
 import os
 
 CPUS_ENV = "FANFLOW_CPUS"
 GPUS_ENV = "FANFLOW_GPUS"
 TASK_ENV = "FANFLOW_TASK"
 RUN_ENV = "FANFLOW_RUN"
+SCRATCH_ENV = "FANFLOW_SCRATCH"
+
+# A task run on a thread of the engine's process cannot own the process's environment (other
+# tasks share it), so the values are also kept per thread here; they win over the environment.
+_TASK_VALUES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "fanflow_task", default=None
+)
+
+
+def set_task_values(values: dict[str, str]) -> None:
+    """Set the current thread's task values (``{CPUS_ENV: "2", ...}``)."""
+    _TASK_VALUES.set(dict(values))
+
+
+def _get(name: str) -> str | None:
+    values = _TASK_VALUES.get()
+    if values is not None and name in values:
+        return values[name]
+    return os.environ.get(name)
 
 
 def cpus() -> int:
     """Cores granted to the current task (all of the machine's outside a task)."""
-    value = os.environ.get(CPUS_ENV)
+    value = _get(CPUS_ENV)
     if value:
         return max(1, int(float(value)))
     return os.cpu_count() or 1
@@ -24,16 +44,16 @@ def cpus() -> int:
 
 def gpus() -> int:
     """GPUs granted to the current task (0 outside a task)."""
-    return int(os.environ.get(GPUS_ENV, "0") or 0)
+    return int(_get(GPUS_ENV) or 0)
 
 
 def task_name() -> str | None:
     """The running task's name, e.g. ``train[model=cnn]``, or None outside a task."""
-    return os.environ.get(TASK_ENV)
+    return _get(TASK_ENV)
 
 
 def run_id() -> str | None:
-    return os.environ.get(RUN_ENV)
+    return _get(RUN_ENV)
 
 
 # Service steps (long-running tasks such as model servers) tell the executor where they can
@@ -64,16 +84,13 @@ def announce(endpoint: dict) -> None:
     os.replace(tmp, path)
 
 
-SCRATCH_ENV = "FANFLOW_SCRATCH"
-
-
 def scratch_dir() -> os.PathLike[str]:
     """A private folder for the current task's files, removed after the task. Files a step
     returns from here are moved (not copied) into the artifact store."""
     import pathlib
     import tempfile
 
-    path = os.environ.get(SCRATCH_ENV)
+    path = _get(SCRATCH_ENV)
     if path:
         p = pathlib.Path(path)
         p.mkdir(parents=True, exist_ok=True)

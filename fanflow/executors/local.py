@@ -161,7 +161,7 @@ class LocalExecutor(Executor):
     def _run_in_thread(self, spec: TaskSpec) -> None:
         from fanflow.executors.worker import execute
 
-        result = execute(spec, worker=threading.current_thread().name)
+        result = execute(spec, worker=threading.current_thread().name, own_process=False)
         if self._thread_tasks.get(spec.task) is spec:
             del self._thread_tasks[spec.task]
             self._post(result)

@@ -3,7 +3,6 @@ the artifact store, call it, store its outputs, and report a plain-data result."
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import shutil
@@ -17,12 +16,9 @@ from fanflow import runtime
 from fanflow.executors.base import TaskResult, TaskSpec
 from fanflow.stores.artifacts import ArtifactStore
 from fanflow.stores.values import UnstorableValue, decode, encode
+from fanflow.vocab.imports import ImportFailed, import_object
 
 _stores: dict[str, ArtifactStore] = {}
-
-
-class StepImportError(Exception):
-    pass
 
 
 def store_for(url: str) -> ArtifactStore:
@@ -33,41 +29,28 @@ def store_for(url: str) -> ArtifactStore:
 
 
 def import_callable(uses: str, import_paths: list[str] = ()):
-    target = import_callable_or_value(uses, import_paths)
+    target = import_object(uses, import_paths)
     if not callable(target):
-        raise StepImportError(f"{uses} is not callable")
+        raise ImportFailed(f"{uses} is not callable")
     return target
 
 
-def import_callable_or_value(uses: str, import_paths: list[str] = ()):
-    """The object that ``package.module:attribute`` names."""
-    for folder in import_paths:
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-    module_name, _, attribute = uses.partition(":")
-    try:
-        target = importlib.import_module(module_name)
-    except Exception as exc:
-        raise StepImportError(
-            f"cannot import {module_name!r} for {uses}: {type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise StepImportError(f"module {module_name!r} has no {attribute!r}")
-        target = getattr(target, part)
-    return target
-
-
-def set_task_environment(spec: TaskSpec) -> None:
+def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
+    """Tell the step what it was given (``fanflow.runtime``). A task with a process of its own
+    also gets them in the environment (for its child processes) and its thread count set; a
+    task on a thread of a shared process only in its own thread's context."""
     cpus = max(1, int(spec.cpus)) if spec.cpus else 1
-    os.environ[runtime.CPUS_ENV] = str(cpus)
-    os.environ[runtime.GPUS_ENV] = str(spec.gpus)
-    os.environ[runtime.TASK_ENV] = spec.task
-    os.environ[runtime.RUN_ENV] = spec.run_id
-    if spec.scratch:
-        os.environ[runtime.SCRATCH_ENV] = spec.scratch
-    else:
-        os.environ.pop(runtime.SCRATCH_ENV, None)
+    values = {
+        runtime.CPUS_ENV: str(cpus),
+        runtime.GPUS_ENV: str(spec.gpus),
+        runtime.TASK_ENV: spec.task,
+        runtime.RUN_ENV: spec.run_id,
+        runtime.SCRATCH_ENV: spec.scratch or "",
+    }
+    runtime.set_task_values(values)
+    if not own_process:
+        return
+    os.environ.update(values)
     os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -91,15 +74,16 @@ class StepArgumentError(TypeError):
     pass
 
 
-def execute(spec: TaskSpec, worker: str = "") -> TaskResult:
-    """Run one task attempt in this process and describe the outcome."""
+def execute(spec: TaskSpec, worker: str = "", *, own_process: bool = True) -> TaskResult:
+    """Run one task attempt in this process (on a thread of a shared process when not
+    ``own_process``) and describe the outcome."""
     started = time.time()
-    set_task_environment(spec)
+    set_task_environment(spec, own_process=own_process)
     try:
         _, value = call_step(spec)
         scratch = Path(spec.scratch) if spec.scratch else None
         output = encode(value, store_for(spec.artifacts), where=f"{spec.task} output", scratch=scratch)
-    except (StepImportError, StepArgumentError, UnstorableValue) as exc:
+    except (ImportFailed, StepArgumentError, UnstorableValue) as exc:
         return TaskResult(
             spec.task,
             spec.attempt,

@@ -158,3 +158,14 @@ def tiny(x: int, crash_on: int = -1, fail_on: int = -1, crash_marker: str = "") 
     if x == fail_on:
         raise ValueError(f"tiny {x} failed")
     return x
+
+
+def scratch_note(x: int) -> dict:
+    """Write a file in the task's scratch folder, wait so that sibling tasks overlap, return it."""
+    from fanflow import runtime
+
+    folder = runtime.scratch_dir()
+    time.sleep(0.05)
+    path = Path(folder, "note.txt")
+    path.write_text(f"{runtime.task_name()} {x}")
+    return {"file": path, "task": runtime.task_name(), "cpus": runtime.cpus()}

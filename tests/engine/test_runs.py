@@ -11,9 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fanflow.engine.core import State
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
+from fanflow.stores.artifacts import ArtifactStore
+from fanflow.stores.values import decode
+from fanflow.vocab.states import State
 from tests.conftest import ROOT, cli, write
 from tests.engine.drive import run_workflow as run
 
@@ -190,6 +192,26 @@ def test_thread_steps_run_in_the_engine_process(flow, home):
         """))
     assert result.outputs("light")[0]["pid"] == os.getpid()
     assert result.outputs("heavy")[0]["pid"] != os.getpid()
+
+
+def test_thread_tasks_each_see_their_own_task_name_and_scratch_folder(flow, home):
+    result = run(home, flow("""
+        name: thread-scratch
+        steps:
+          note:
+            uses: flowsteps:scratch_note
+            fan_out: {x: [1, 2, 3, 4, 5, 6, 7, 8]}
+            with: {x: "${item.x}"}
+            executor: thread
+            resources: {cpus: 0.5}
+        """))
+    assert result.state == "succeeded", result.error
+    store = ArtifactStore(home / "artifacts")
+    for task in result.tasks.values():
+        output = decode(task.output, store)
+        assert output["task"] == task.name
+        assert output["file"].read_text() == f"{task.name} {task.item['x']}"
+    assert "FANFLOW_TASK" not in os.environ  # the engine's own environment is untouched
 
 
 def test_a_step_returning_something_unstorable_fails_clearly(flow, home):
