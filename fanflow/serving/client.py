@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ import numpy as np
 if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)
 
-from fanflow.serving import wire
+from fanflow.serving import binary, wire
 from fanflow.serving.protocol import check_model_name
 from fanflow.serving.wire import TagBatch
+
+log = logging.getLogger(__name__)
+STREAM_BYTES = 1024 * 1024  # bodies larger than this are sent in parts, never joined
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,8 @@ class MemberAnswer:
     batch: TagBatch | None = None
     response: dict | None = None
     status: int | None = None  # the HTTP status, when the member answered
-    error: str | None = None  # why the member gave no usable answer
-    detail: str | None = None  # the member's own error message, when it answered with one
+    error: str | None = None  # why the member gave no usable answer (no addresses, no OS errors)
+    detail: str | None = None  # the member's own message when it refused the request (4xx)
 
     @property
     def ok(self) -> bool:
@@ -102,63 +106,76 @@ async def member_request(
     method: str,
     path: str,
     timeout: float,
-    body: bytes | None = None,
+    body: list | None = None,
+    headers: dict | None = None,
 ) -> MemberAnswer:
-    """One request to a member, answered within ``timeout`` seconds or given up; never raises
-    for the member's failures. ``path`` is relative to the member's model URL."""
+    """One request to a member, answered within ``timeout`` seconds or given up (the
+    connection is then closed, which tells the member to drop the work); never raises for
+    the member's failures. ``path`` is relative to the member's model URL; ``body`` is a list
+    of parts (sent in turn when large, never joined). What went wrong is logged in full and
+    said in the answer without addresses or system errors."""
     start = time.perf_counter()
-    headers = {"content-type": "application/json"} if body is not None else None
+    data = None
+    if body is not None:
+        size = sum(len(part) for part in body)
+        headers = {**(headers or {}), "content-length": str(size)}
+        data = _stream(body) if size > STREAM_BYTES else b"".join(body)
     try:
         async with asyncio.timeout(timeout):
-            async with session.request(method, member.model_url + path, data=body, headers=headers) as response:
+            async with session.request(method, member.model_url + path, data=data, headers=headers) as response:
                 status, reason = response.status, response.reason or ""
                 raw = await response.read()
+                json_length = response.headers.get(binary.HEADER)
     except TimeoutError:
         return MemberAnswer(
-            member, "timeout", time.perf_counter() - start, error=f"no answer within {timeout:g} s"
+            member, "timeout", time.perf_counter() - start, error=f"no answer within {timeout:.3g} s"
         )
     except aiohttp.ClientConnectorError as e:
-        return MemberAnswer(
-            member,
-            "unreachable",
-            time.perf_counter() - start,
-            error=f"unreachable: {e.os_error or 'connection failed'}",
-        )
+        log.warning("member %s at %s is unreachable: %s", member.name, member.url, e)
+        return MemberAnswer(member, "unreachable", time.perf_counter() - start, error="unreachable")
     except aiohttp.ClientError as e:
-        return MemberAnswer(
-            member, "error", time.perf_counter() - start, error=f"{type(e).__name__}: {e or 'request failed'}"
-        )
+        log.warning("member %s at %s: %s: %s", member.name, member.url, type(e).__name__, e)
+        return MemberAnswer(member, "error", time.perf_counter() - start, error="the connection failed")
     seconds = time.perf_counter() - start
     if status != 200:
-        outcome = "rejected" if status in (400, 413) else "error"
-        detail = _error_text(raw, reason)
-        return MemberAnswer(
-            member,
-            outcome,
-            seconds,
-            status=status,
-            error=f"answered {status}: {detail}",
-            detail=detail,
-        )
+        if 400 <= status < 500:
+            detail = _error_text(raw, reason)
+            outcome = "rejected" if status in (400, 413) else "error"
+            return MemberAnswer(
+                member, outcome, seconds, status=status, error=f"answered {status}: {detail}", detail=detail
+            )
+        log.warning("member %s answered %s: %s", member.name, status, raw[:300])
+        return MemberAnswer(member, "error", seconds, status=status, error=f"answered {status}")
     try:
-        payload = json.loads(raw)
-    except ValueError:
-        return MemberAnswer(
-            member, "malformed", seconds, status=200, error="answered with a body that is not JSON"
-        )
+        payload = binary.decode(raw, int(json_length) if json_length and json_length.isdigit() else None)
+    except ValueError as e:
+        log.warning("member %s sent an answer that cannot be read: %s", member.name, e)
+        return MemberAnswer(member, "malformed", seconds, status=200, error="sent an answer fanflow cannot read")
     return MemberAnswer(member, "ok", seconds, response=payload, status=200)
 
 
+async def _stream(parts: list):
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), STREAM_BYTES):
+            yield view[start : start + STREAM_BYTES]
+
+
 async def infer_member(
-    session: aiohttp.ClientSession, member: Member, body: bytes, timeout: float
+    session: aiohttp.ClientSession,
+    member: Member,
+    body: list,
+    timeout: float,
+    headers: dict | None = None,
 ) -> MemberAnswer:
-    """Send an inference request's body to a member and read its tags."""
-    answer = await member_request(session, member, "POST", "/infer", timeout, body)
+    """Send an inference request (its body's parts) to a member and read its tags."""
+    answer = await member_request(session, member, "POST", "/infer", timeout, body, headers)
     if answer.response is not None:
         try:
             answer.batch = wire.decode(answer.response)
         except ValueError as e:
-            answer.outcome, answer.error = "malformed", f"sent a response fanflow cannot read: {e}"
+            log.warning("member %s sent tags that cannot be read: %s", member.name, e)
+            answer.outcome, answer.error = "malformed", "sent an answer fanflow cannot read"
     return answer
 
 
@@ -206,10 +223,13 @@ class V2Client:
             raise ClientError(f"{self.base}: {type(e).__name__}: {e}") from None
         if response.status_code != 200:
             raise ClientError(f"{self.base}{path} answered {response.status_code}: {_error_text(response.content, response.reason_phrase)}")
+        json_length = response.headers.get(binary.HEADER)
         try:
+            if json_length is not None:
+                return binary.decode(response.content, int(json_length))
             return response.json()
         except ValueError:
-            raise ClientError(f"{self.base}{path} answered with a body that is not JSON") from None
+            raise ClientError(f"{self.base}{path} answered with a body that cannot be read") from None
 
     def model_name(self) -> str:
         if self.model is None:
@@ -236,10 +256,11 @@ class V2Client:
         return shape
 
     def infer(self, clips: np.ndarray, request_id: str | None = None) -> dict:
-        body = json.dumps(wire.infer_request(clips, request_id)).encode()
+        """The answer for ``clips``, sent and answered as binary tensor data."""
+        parts, json_length = wire.binary_request(clips, request_id)
         return self._call(
             "POST",
             f"/v2/models/{self.model_name()}/infer",
-            content=body,
-            headers={"content-type": "application/json"},
+            content=b"".join(parts),
+            headers={"content-type": "application/octet-stream", binary.HEADER: str(json_length)},
         )

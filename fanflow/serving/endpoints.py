@@ -1,32 +1,42 @@
 """The V2 endpoints every fanflow server answers, around one served model.
 
 A server (a model server or the ensemble gateway) is a :class:`Served` object; this module
-turns it into a Starlette app with the protocol's routes, its error shape and ``/metrics``.
+turns it into a Starlette app with the protocol's routes, its error shape, request ids and
+``/metrics``. Inference requests are read by a ``decoding.Decoder`` (large ones off the event
+loop) and answered as JSON or with binary outputs, as the request asks (``binary``); a client
+that hangs up cancels the work still waiting for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import logging
+import re
+import uuid
 from typing import Protocol
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fanflow.serving.metrics import MetricsMiddleware, ServerMetrics
-from fanflow.serving.protocol import (
-    DEFAULT_MAX_BODY_BYTES,
-    EXCEPTION_HANDLERS,
-    ProtocolError,
-    error_response,
-    json_response,
-    read_body,
-)
+from fanflow.serving import binary
+from fanflow.serving.decoding import Decoder
+from fanflow.serving.metrics import DISCONNECTED, MetricsMiddleware, ServerMetrics
+from fanflow.serving.protocol import DEFAULT_MAX_BODY_BYTES, InferRequest, ProtocolError
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "fanflow"
 SERVER_VERSION = "0.1.0"
+REQUEST_ID = "x-request-id"
+_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 class Served(Protocol):
@@ -42,24 +52,163 @@ class Served(Protocol):
 
     async def metadata(self) -> dict: ...
 
-    async def infer(self, body: bytes) -> dict:
-        """The response to an inference request's body; raises ProtocolError to refuse it."""
+    async def infer(self, request: InferRequest) -> dict:
+        """The answer to a checked request (outputs' ``data`` as arrays or lists); raises
+        ProtocolError to refuse it."""
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def json_response(content, status: int = 200, headers: dict | None = None) -> Response:
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def error_response(message: str, status: int, headers: dict | None = None, **extra) -> Response:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+async def _protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return error_response(exc.message, exc.status, **exc.extra)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path[:200]}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path[:200]}"
+    else:
+        message = str(exc.detail)
+    return error_response(message, exc.status_code, headers=exc.headers)  # 405 keeps its Allow
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    request.scope[DISCONNECTED] = True  # counted apart from errors; the answer goes nowhere
+    return Response(status_code=499)
+
+
+EXCEPTION_HANDLERS = {
+    ProtocolError: _protocol_error,
+    HTTPException: _http_error,
+    ClientDisconnect: _disconnected,
+}
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (the client's ``X-Request-Id`` when it is a short token),
+    answered in the same header. A failure of the server itself is logged under that id and
+    answered 500 with the id only: no exception text leaves the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"").decode("latin-1")
+        request_id = given if _GOOD_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope[REQUEST_ID] = request_id
+        current_request_id.set(request_id)
+
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID.encode(), request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s (%s %s) failed", request_id, scope["method"], scope["path"][:200])
+            if not started:
+                message = f"internal error; the server's log has it under request id {request_id}"
+                await error_response(message, 500)(scope, receive, send_with_id)
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 past ``max_bytes`` and with 400 when empty."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ProtocolError(f"request body of {int(length)} bytes is over the limit of {max_bytes}", 413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ProtocolError(f"request body is over the limit of {max_bytes} bytes", 413)
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if not body.strip():
+        raise ProtocolError("empty request body: expected an inference request (JSON)")
+    return body
+
+
+async def until_disconnected(request: Request, work):
+    """Await ``work``, cancelled if the client hangs up first (ClientDisconnect then)."""
+    task = asyncio.ensure_future(work)
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hang_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+def answer(response: dict, request: InferRequest) -> Response:
+    """An inference answer, with the outputs the request asked as binary data."""
+    wanted = request.binary_outputs([o["name"] for o in response["outputs"]])
+    parts, json_length = binary.encode(response, wanted)
+    if json_length is None:
+        return Response(parts[0], media_type="application/json")
+    return Response(
+        b"".join(parts),
+        media_type="application/octet-stream",
+        headers={binary.HEADER: str(json_length)},
+    )
+
+
+# -- the app ----------------------------------------------------------------------------
 
 
 def build_app(
-    served: Served, metrics: ServerMetrics, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    served: Served,
+    metrics: ServerMetrics,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    decoder: Decoder | None = None,
 ) -> Starlette:
+    decoder = decoder or Decoder()
+
     def check(request: Request) -> None:
         name = request.path_params["name"]
         if name != served.name:
-            raise ProtocolError(f"unknown model '{name}'; this server serves '{served.name}'", 404)
+            raise ProtocolError(f"unknown model '{name[:200]}'; this server serves '{served.name}'", 404)
         version = request.path_params.get("version")
         if version is not None and version != served.version:
             known = f"version '{served.version}'" if served.version else "no versions"
-            raise ProtocolError(f"model '{name}' has no version '{version}' (it has {known})", 404)
+            raise ProtocolError(f"model '{name}' has no version '{version[:200]}' (it has {known})", 404)
 
     async def server_metadata(request: Request) -> Response:
-        return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+        return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": [binary.EXTENSION]})
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -85,8 +234,15 @@ def build_app(
 
     async def infer(request: Request) -> Response:
         check(request)
-        body = await read_body(request, max_body_bytes)
-        return json_response(await served.infer(body))
+        async with decoder.admit(request.headers.get("content-length")):
+            body = await read_body(request, max_body_bytes)
+            json_length = binary.header_length(request.headers, len(body))
+
+            async def work() -> Response:
+                parsed = await decoder.decode(body, json_length)
+                return answer(await served.infer(parsed), parsed)
+
+            return await until_disconnected(request, work())
 
     async def repository_index(request: Request) -> Response:
         # The model-repository extension's index, so that a client given only a server's
@@ -101,6 +257,7 @@ def build_app(
 
     routes = [
         Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/", server_metadata, methods=["GET"]),  # as the protocol's OpenAPI document writes it
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
@@ -115,17 +272,20 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        await decoder.start()
         await served.start()
         try:
-            yield
+            yield {"refused": metrics.refused}  # uvicorn hands it to connections.GuardedProtocol
         finally:
             await served.stop()
+            await decoder.stop()
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect would be built from the client's Host header
     app.state.served = served
     return app

@@ -7,9 +7,15 @@ request: the answer is marked degraded and names the member and why. Fewer answe
 quorum (or none) is a 503 that lists every member's error. A request the members all refuse
 (400 or 413) gets their answer.
 
-The gateway forwards the request body to the members as it came (it does not decode the
-clips; the members check them), except that it takes out an ``outputs`` list, which names
-the gateway's outputs.
+The gateway reads each request (checking it as the protocol says; the members check what
+their model needs) and sends the members its tensors as binary tensor data: the bytes of a
+request that came binary are relayed as they came, only the small JSON header is written
+anew (without the ``outputs`` it names, which are the gateway's own). A JSON request is
+decoded once, here, instead of once per member. Each member call's deadline grows with the
+bytes it carries (``member_timeout`` + ``member_seconds_per_mib`` per MiB); a request whose
+tensors would exceed the members' body limit is refused up front with 413. A client that
+hangs up, or a member past its deadline, closes the member's connection: the member then
+drops the work it had not started.
 
     python -m fanflow.serving.gateway --member cnn=http://127.0.0.1:8001 \\
         --member cnn_dropout=http://127.0.0.1:8002 --strategy union --port 0
@@ -28,20 +34,21 @@ from typing import Any
 
 import aiohttp
 
-from fanflow.serving import wire
+from fanflow.serving import binary, wire
 from fanflow.serving.client import Member, MemberAnswer, infer_member, member_request, members_from
-from fanflow.serving.endpoints import build_app
+from fanflow.serving.connections import Limits
+from fanflow.serving.decoding import Decoder
+from fanflow.serving.endpoints import REQUEST_ID, build_app, current_request_id
 from fanflow.serving.metrics import ServerMetrics
 from fanflow.serving.protocol import (
     DEFAULT_MAX_BODY_BYTES,
+    InferRequest,
     ProtocolError,
     infer_response,
     metadata_tensor,
-    parse_infer_request,
-    parse_json,
     select_outputs,
 )
-from fanflow.serving.server import DEFAULT_HOST, serve_blocking
+from fanflow.serving.server import DEFAULT_HOST, add_limit_options, limits_from, serve_blocking
 from fanflow.serving.strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,12 @@ log = logging.getLogger(__name__)
 ENSEMBLE = "ensemble"
 PLATFORM = "fanflow_ensemble"
 DEFAULT_MEMBER_TIMEOUT = 5.0
+# A member call's deadline grows by this per MiB it carries: about five times what a
+# reference-sized CNN needs on one thread (32 KiB per clip, 1.4 ms per clip: 45 ms per MiB).
+DEFAULT_MEMBER_SECONDS_PER_MIB = 0.25
+# Members close connections idle for 15 s (connections.Limits.idle_timeout); the gateway lets
+# go of its idle ones first, so that it never sends on a connection the member is closing.
+MEMBER_KEEPALIVE_SECONDS = 10.0
 # Connections the gateway keeps open to each member; more requests than this wait in the
 # gateway (a model server runs one inference at a time, so more would only queue there).
 DEFAULT_MEMBER_CONNECTIONS = 8
@@ -69,6 +82,8 @@ class Gateway:
         quorum: int = 1,
         metrics: ServerMetrics | None = None,
         member_connections: int = DEFAULT_MEMBER_CONNECTIONS,
+        member_seconds_per_mib: float = DEFAULT_MEMBER_SECONDS_PER_MIB,
+        member_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ):
         self.members = list(members)
         self.strategy = strategy
@@ -81,8 +96,12 @@ class Gateway:
             raise ValueError(f"member_timeout must be positive, got {member_timeout}")
         if member_connections < 1:
             raise ValueError(f"member_connections must be at least 1, got {member_connections}")
+        if not member_seconds_per_mib >= 0:
+            raise ValueError(f"member_seconds_per_mib must be at least 0, got {member_seconds_per_mib}")
         self.quorum = quorum
         self.member_timeout = member_timeout
+        self.member_seconds_per_mib = member_seconds_per_mib
+        self.member_max_body_bytes = member_max_body_bytes
         self.member_connections = member_connections
         self.clients: dict[str, aiohttp.ClientSession] = {}
         self._metadata: dict | None = None
@@ -104,8 +123,10 @@ class Gateway:
         # member that hangs holds its own connections only.
         self.clients = {
             m.name: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.member_connections, force_close=False),
-                timeout=aiohttp.ClientTimeout(total=self.member_timeout),
+                connector=aiohttp.TCPConnector(
+                    limit=self.member_connections, keepalive_timeout=MEMBER_KEEPALIVE_SECONDS
+                ),
+                timeout=aiohttp.ClientTimeout(total=None),  # each call has its own deadline
                 trust_env=False,
                 skip_auto_headers=("User-Agent",),
             )
@@ -162,10 +183,43 @@ class Gateway:
             self._metadata = metadata  # complete: keep it
         return metadata
 
-    async def infer(self, body: bytes) -> dict:
-        body, wanted = _take_outputs(body)
+    def deadline(self, size: int) -> float:
+        """Seconds a member has to answer a request of ``size`` bytes."""
+        return self.member_timeout + self.member_seconds_per_mib * size / 2**20
+
+    def member_body(self, request: InferRequest) -> list:
+        """The body's parts for the members: the tensors as binary data, binary answers asked."""
+        message: dict[str, Any] = {
+            "inputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.array} for t in request.inputs
+            ],
+            "parameters": {**request.parameters, "binary_data_output": True},
+        }
+        if request.id is not None:
+            message["id"] = request.id
+        parts, _ = binary.encode(message, {t.name for t in request.inputs})
+        size = sum(len(part) for part in parts)
+        if size > self.member_max_body_bytes:
+            raise ProtocolError(
+                f"the request's tensors take {size} bytes as binary data, over the members' limit of "
+                f"{self.member_max_body_bytes}: send fewer clips per request",
+                413,
+            )
+        return parts
+
+    async def infer(self, request: InferRequest) -> dict:
+        wanted = request.output_names
+        if wanted is not None:
+            select_outputs([{"name": name} for name in OUTPUTS], wanted)  # 400 for an unknown name
+        body = self.member_body(request)
+        header_length = len(body[0])
+        deadline = self.deadline(sum(len(part) for part in body))
+        headers = {"content-type": "application/octet-stream", binary.HEADER: str(header_length)}
+        request_id = current_request_id.get()
+        if request_id is not None:  # the members log under the same id
+            headers[REQUEST_ID] = request_id
         answers = await asyncio.gather(
-            *(infer_member(self.clients[m.name], m, body, self.member_timeout) for m in self.members)
+            *(infer_member(self.clients[m.name], m, body, deadline, headers) for m in self.members)
         )
         for a in answers:
             self._member_calls.labels(a.member.name, a.outcome).inc()
@@ -194,29 +248,12 @@ class Gateway:
         parameters: dict[str, Any] = {**self.strategy.describe(), "degraded": bool(failed)}
         if failed:
             parameters["failed_members"] = wire.json_text(failed)
-        request_id = good[0].response.get("id")
         outputs = select_outputs(wire.encode(combined), wanted)
-        return infer_response(
-            ENSEMBLE, outputs, request_id if isinstance(request_id, str) else None, None, parameters
-        )
+        return infer_response(ENSEMBLE, outputs, request.id, None, parameters)
 
 
 def _summary(message: str, failed: dict[str, str]) -> str:
     return message + ": " + "; ".join(f"{name}: {error}" for name, error in failed.items())
-
-
-def _take_outputs(body: bytes) -> tuple[bytes, list[str] | None]:
-    """The body to forward and the outputs the request names (None: all). The body is
-    decoded only when it may name outputs."""
-    if b'"outputs"' not in body:
-        return body, None
-    request = parse_json(body)
-    wanted = parse_infer_request(request).outputs
-    if wanted is None:
-        return body, None
-    select_outputs([{"name": name} for name in OUTPUTS], wanted)  # 400 for an unknown name
-    del request["outputs"]
-    return json.dumps(request).encode(), wanted
 
 
 def create_gateway_app(
@@ -228,14 +265,19 @@ def create_gateway_app(
     quorum: int = 1,
     *,
     member_connections: int = DEFAULT_MEMBER_CONNECTIONS,
+    member_seconds_per_mib: float = DEFAULT_MEMBER_SECONDS_PER_MIB,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    member_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    decoder: Decoder | None = None,
 ):
     """An ASGI app serving the ensemble of ``members`` (announced endpoints ``{"url",
     "model"}`` or ``"NAME=URL"`` strings) under V2 as the model ``ensemble``.
 
     ``strategy`` is one of ``strategies.STRATEGIES``; ``threshold`` applies to mean and
     weighted, ``weights`` (member name → weight, 1 by default) to weighted. Each member call
-    has ``member_timeout`` seconds; fewer than ``quorum`` answers is a 503."""
+    has ``member_timeout`` seconds plus ``member_seconds_per_mib`` per MiB it carries; fewer
+    than ``quorum`` answers is a 503. Bodies over ``max_body_bytes`` are refused, and so are
+    requests whose tensors would be over ``member_max_body_bytes`` for the members."""
     metrics = ServerMetrics()
     gateway = Gateway(
         members_from(members),
@@ -244,8 +286,10 @@ def create_gateway_app(
         quorum,
         metrics,
         member_connections,
+        member_seconds_per_mib,
+        member_max_body_bytes,
     )
-    return build_app(gateway, metrics, max_body_bytes)
+    return build_app(gateway, metrics, max_body_bytes, decoder)
 
 
 def serve_gateway(
@@ -259,8 +303,11 @@ def serve_gateway(
     port: int | None = None,
     *,
     member_connections: int = DEFAULT_MEMBER_CONNECTIONS,
+    member_seconds_per_mib: float = DEFAULT_MEMBER_SECONDS_PER_MIB,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    member_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_ready: Callable[[str], None] | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Serve the ensemble (see ``create_gateway_app``) until SIGTERM; announces
     ``{"url": ..., "model": "ensemble"}`` once listening. Its readiness follows the members'."""
@@ -274,7 +321,9 @@ def serve_gateway(
         member_timeout,
         quorum,
         member_connections=member_connections,
+        member_seconds_per_mib=member_seconds_per_mib,
         max_body_bytes=max_body_bytes,
+        member_max_body_bytes=member_max_body_bytes,
     )
 
     def ready(url: str) -> None:
@@ -283,7 +332,7 @@ def serve_gateway(
             on_ready(url)
 
     port = runtime.service_port() if port is None else port
-    serve_blocking(app, host, port, on_ready=ready)
+    serve_blocking(app, host, port, on_ready=ready, limits=limits)
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -328,7 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=None, help="port to bind; 0 picks a free one")
+    parser.add_argument(
+        "--member-seconds-per-mib",
+        type=float,
+        default=DEFAULT_MEMBER_SECONDS_PER_MIB,
+        help="added to --member-timeout per MiB a member call carries",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--member-max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    add_limit_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -342,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
             args.port,
             member_connections=args.member_connections,
+            member_seconds_per_mib=args.member_seconds_per_mib,
             max_body_bytes=args.max_body_bytes,
+            member_max_body_bytes=args.member_max_body_bytes,
             on_ready=lambda url: print(url, flush=True),
+            limits=limits_from(args),
         )
     except (OSError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

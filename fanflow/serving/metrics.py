@@ -3,6 +3,8 @@
 Each app has its own registry (several servers may live in one process, as in tests), served
 at ``GET /metrics``. Endpoints are labelled by their route template
 (``/v2/models/{name}/infer``), never by the raw path, so a client cannot grow the label set.
+A client that hangs up before its answer is counted in ``fanflow_http_disconnects_total``,
+not as a request answered: it is neither the server's error nor a success.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+DISCONNECTED = "fanflow.disconnected"  # set in a request's scope when its client hung up
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -24,6 +27,18 @@ class ServerMetrics:
             "fanflow_http_requests",
             "HTTP requests answered, by endpoint, method and status",
             ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "fanflow_http_disconnects",
+            "Requests whose client hung up before the answer, by endpoint",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "fanflow_http_refused",
+            "Connections refused before a request reached the app (slow, oversized or too many), by status",
+            ["status"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -69,5 +84,8 @@ class MetricsMiddleware:
         finally:
             # The router records the matched route in the (shared) scope.
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            if scope.get(DISCONNECTED):
+                self.metrics.disconnects.labels(endpoint).inc()
+            else:
+                self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)

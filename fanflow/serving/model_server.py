@@ -24,21 +24,22 @@ from typing import Any
 import numpy as np
 
 from fanflow.serving import wire
+from fanflow.serving.connections import Limits
+from fanflow.serving.decoding import Decoder
 from fanflow.serving.endpoints import build_app
 from fanflow.serving.metrics import ServerMetrics
-from fanflow.serving.predictor import LoadedModel, load_model, model_name
+from fanflow.serving.predictor import LoadedModel, candidate_name, load_model, model_name
 from fanflow.serving.protocol import (
     DEFAULT_MAX_BODY_BYTES,
+    InferRequest,
     ProtocolError,
     check_model_name,
-    decode_fp32,
+    check_unit_clips,
     infer_response,
     metadata_tensor,
-    parse_infer_request,
-    parse_json,
     select_outputs,
 )
-from fanflow.serving.server import DEFAULT_HOST, serve_blocking
+from fanflow.serving.server import DEFAULT_HOST, add_limit_options, limits_from, serve_blocking
 from fanflow.stores.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class ModelServer:
         metrics: ServerMetrics | None = None,
     ):
         self.name = check_model_name(model_name(model, name))
+        self.candidate = candidate_name(model)
         self.version: str | None = None
         self.model: LoadedModel | None = None
         self.error: str | None = None
@@ -127,28 +129,35 @@ class ModelServer:
             "vocabulary": wire.json_text(list(model.tags)),
             "threshold": model.threshold,
         }
+        if self.candidate is not None:  # the training candidate's full name, e.g. cnn[lr=0.01]
+            metadata["parameters"]["candidate"] = self.candidate
         return metadata
 
-    async def infer(self, body: bytes) -> dict:
+    def _check_and_predict(self, model: LoadedModel, request: InferRequest) -> np.ndarray:
+        # In the inference thread: checking a large batch's values takes a while too.
+        clips = check_unit_clips(request.inputs[0], model.input_shape)
+        return model.predict(clips)
+
+    async def infer(self, request: InferRequest) -> dict:
         model = self._ready_model()
-        request = parse_infer_request(parse_json(body))
         if len(request.inputs) != 1 or request.inputs[0].name != wire.INPUT:
             names = [t.name for t in request.inputs]
             raise ProtocolError(f"this model takes one input '{wire.INPUT}', got {names}")
-        clips = decode_fp32(request.inputs[0], model.input_shape)
-        if request.outputs is not None:
-            select_outputs([{"name": wire.TAGS}, {"name": wire.SCORES}], request.outputs)
+        wanted = request.output_names
+        if wanted is not None:
+            select_outputs([{"name": wire.TAGS}, {"name": wire.SCORES}], wanted)
         start = time.perf_counter()
-        scores = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict, clips)
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self._executor, self._check_and_predict, model, request)
         self._inference.observe(time.perf_counter() - start)
-        self._clips.inc(len(clips))
+        self._clips.inc(len(scores))
         batch = wire.TagBatch(
             tags=tag_lists(scores, model.tags, model.threshold),
             vocabulary=list(model.tags),
             scores=scores,
             threshold=model.threshold,
         )
-        outputs = select_outputs(wire.encode(batch), request.outputs)
+        outputs = select_outputs(wire.encode(batch), wanted)
         return infer_response(self.name, outputs, request.id, self.version)
 
 
@@ -165,6 +174,7 @@ def create_model_app(
     store: ArtifactStore | str | os.PathLike | None = None,
     torch_threads: int | None = 1,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    decoder: Decoder | None = None,
 ):
     """An ASGI app serving one model under V2.
 
@@ -177,7 +187,7 @@ def create_model_app(
     served = ModelServer(
         model, name, loader=loader, store=store, torch_threads=torch_threads, metrics=metrics
     )
-    return build_app(served, metrics, max_body_bytes)
+    return build_app(served, metrics, max_body_bytes, decoder)
 
 
 def serve_model(
@@ -191,8 +201,10 @@ def serve_model(
     torch_threads: int | None = 1,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_ready: Callable[[str], None] | None = None,
+    limits: Limits | None = None,
 ) -> None:
-    """Serve ``model`` (see ``create_model_app``) until SIGTERM.
+    """Serve ``model`` (see ``create_model_app``) until SIGTERM, with connection ``limits``
+    (``connections.Limits``).
 
     Binds ``port`` (by default the service port the workflow engine gives, 0 meaning a free
     one). Once the model is loaded, announces ``{"url": ..., "model": name}``; a model that
@@ -211,7 +223,7 @@ def serve_model(
             on_ready(url)
 
     port = runtime.service_port() if port is None else port
-    serve_blocking(app, host, port, ready=served.wait_loaded, on_ready=ready)
+    serve_blocking(app, host, port, ready=served.wait_loaded, on_ready=ready, limits=limits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loader", default=None, help="module:function that loads a model file")
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    add_limit_options(parser)
     args = parser.parse_args(argv)
     if args.artifact and not args.store:
         parser.error("--artifact needs --store")
@@ -244,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             torch_threads=args.torch_threads,
             max_body_bytes=args.max_body_bytes,
             on_ready=lambda url: print(url, flush=True),
+            limits=limits_from(args),
         )
     except (OSError, RuntimeError, ValueError, TypeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,9 +11,11 @@ is given); nothing is ever unpickled without that check.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,12 +76,31 @@ def check_predictor(predictor: Any, version: str | None = None) -> LoadedModel:
 
 
 def model_name(model: Any, name: str | None = None) -> str:
-    """The name a model is served under: ``name``, else a candidate's ``"name"``, else "model"."""
+    """The name a model is served under: ``name``, else one made from a candidate's
+    ``"name"`` (``served_name``), else "model"."""
     if name:
         return name
-    if isinstance(model, dict) and isinstance(model.get("name"), str):
+    candidate = candidate_name(model)
+    return served_name(candidate) if candidate is not None else "model"
+
+
+def candidate_name(model: Any) -> str | None:
+    """A selected candidate's full name (``cnn_batchnorm[max_epochs=24,patience=24]``)."""
+    if isinstance(model, dict) and isinstance(model.get("name"), str) and model["name"]:
         return model["name"]
-    return "model"
+    return None
+
+
+def served_name(candidate: str) -> str:
+    """A model name for URLs made from a candidate's name: the name itself when it is one
+    already (letters, digits, ``_ . -``), else its runs of other characters replaced by
+    ``_`` and a short hash of the full name added, so that distinct candidates stay
+    distinct: ``cnn_batchnorm[max_epochs=24,patience=24]`` →
+    ``cnn_batchnorm_max_epochs_24_patience_24-0b77eb3b``."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}", candidate):
+        return candidate
+    readable = re.sub(r"[^A-Za-z0-9_.\-]+", "_", candidate).strip("_.-")[:180] or "model"
+    return f"{readable}-{hashlib.sha256(candidate.encode()).hexdigest()[:8]}"
 
 
 def parse_artifact(ref: str) -> tuple[str, str]:

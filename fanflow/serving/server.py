@@ -4,6 +4,7 @@ can be reported, either blocking until SIGTERM (a service step, a command) or in
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
@@ -13,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
+
+from fanflow.serving.connections import GuardedProtocol, Limits
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -42,9 +45,39 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def _server(app) -> uvicorn.Server:
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30)
+def _server(app, limits: Limits | None = None) -> uvicorn.Server:
+    limits = limits or Limits()
+    config = uvicorn.Config(
+        app,
+        http=GuardedProtocol.with_limits(limits),
+        ws="none",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=limits.idle_timeout,
+        server_header=False,
+        proxy_headers=False,
+    )
     return uvicorn.Server(config)
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The command-line options of ``connections.Limits``."""
+    defaults = Limits()
+    group = parser.add_argument_group("connection limits")
+    for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, type=float, default=getattr(defaults, name), help="seconds (default %(default)s)")
+    group.add_argument("--max-connections", type=int, default=defaults.max_connections)
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+    )
 
 
 async def _serve_until_ready(
@@ -83,6 +116,7 @@ def serve_blocking(
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     on_ready: Callable[[str], None] = lambda url: None,
+    limits: Limits | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down cleanly and return.
 
@@ -90,7 +124,7 @@ def serve_blocking(
     called; an exception from ``ready()`` stops the server and is raised here.
     """
     sock = bind_socket(host, port)
-    server = _server(app)
+    server = _server(app, limits)
     # uvicorn catches SIGTERM/SIGINT while serving and raises them again once it has shut
     # down; these handlers absorb that second delivery so that this function returns.
     previous = {}
@@ -112,12 +146,12 @@ class ServerThread:
         httpx.get(server.url + "/v2/health/live")
     """
 
-    def __init__(self, app, host: str = DEFAULT_HOST, port: int = 0):
+    def __init__(self, app, host: str = DEFAULT_HOST, port: int = 0, limits: Limits | None = None):
         self.app = app
         self.sock = bind_socket(host, port)
         self.url = url_of(self.sock)
         self.port = self.sock.getsockname()[1]
-        self._server = _server(app)
+        self._server = _server(app, limits)
         self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
         self._error: BaseException | None = None
 

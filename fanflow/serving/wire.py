@@ -1,7 +1,8 @@
 """How clips and tags travel in V2 tensors (see docs/serving.md, "Wire format").
 
-Request: one input ``clips``, FP32, shape ``[n, T, H, W]``, data flattened row-major, values
-in [0, 1] (fanflow's client writes them with 7 decimals).
+Request: one input ``clips``, FP32, shape ``[n, T, H, W]``, values in [0, 1]; as JSON
+(``data`` flattened row-major, written with 7 decimals) or as binary tensor data (what
+fanflow's own client sends, asking binary outputs back).
 
 Response (every BYTES tensor is rectangular, one element per clip):
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fanflow.serving import binary
 from fanflow.serving.protocol import bytes_tensor, fp32_tensor
 
 INPUT = "clips"
@@ -113,3 +115,18 @@ def infer_request(clips: np.ndarray, request_id: str | None = None) -> dict:
     if request_id is not None:
         request["id"] = request_id
     return request
+
+
+def binary_request(clips: np.ndarray, request_id: str | None = None) -> tuple[list, int]:
+    """The body parts of a request sending ``clips`` as binary tensor data and asking for
+    binary outputs, and the JSON header's length (``Inference-Header-Content-Length``)."""
+    clips = np.asarray(clips, dtype=np.float32)
+    request: dict = {
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": list(clips.shape), "data": clips}],
+        "parameters": {"binary_data_output": True},
+    }
+    if request_id is not None:
+        request["id"] = request_id
+    parts, json_length = binary.encode(request, {INPUT})
+    assert json_length is not None
+    return parts, json_length

@@ -1,0 +1,102 @@
+"""Reading inference requests without holding up the event loop, in bounded memory.
+
+Parsing JSON holds Python's GIL for the whole parse (simdjson and the standard library alike),
+so a large JSON body parsed in a thread would still stop the event loop, and health checks
+with it. Hence three paths, by size:
+
+- a body of at most ``inline_bytes`` is read where it arrives (a few milliseconds at most);
+- a larger body whose JSON part is small (binary tensor data) is read in a thread: its arrays
+  are views of the body, nothing is copied;
+- a larger JSON part is parsed in a worker process (``workers`` of them; spawned, so that no
+  thread of the server is forked), which sends back the arrays.
+
+At most ``max_large`` requests larger than ``inline_bytes`` are read and handled at once; the
+others wait before their bodies are read (the client's bytes stay in the socket buffers), so
+the memory they take is bounded by ``max_large`` × (body + its arrays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
+
+from fanflow.serving.protocol import InferRequest, ProtocolError, parse_request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INLINE_BYTES = 256 * 1024
+DEFAULT_WORKERS = 1
+DEFAULT_MAX_LARGE = 2
+
+
+class Decoder:
+    def __init__(
+        self,
+        inline_bytes: int = DEFAULT_INLINE_BYTES,
+        workers: int = DEFAULT_WORKERS,
+        max_large: int = DEFAULT_MAX_LARGE,
+    ):
+        if inline_bytes < 0 or workers < 1 or max_large < 1:
+            raise ValueError("inline_bytes must be ≥ 0, workers and max_large ≥ 1")
+        self.inline_bytes = inline_bytes
+        self.workers = workers
+        self.max_large = max_large
+        self._large: asyncio.Semaphore | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._large = asyncio.Semaphore(self.max_large)
+        self._pool = self._new_pool()
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        pool.submit(int)  # start the workers now, not on the first large request
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def admit(self, content_length: str | None):
+        """Hold a place for a request while it is read and handled: requests of more than
+        ``inline_bytes`` (or of unknown length) take one of ``max_large`` places."""
+        assert self._large is not None, "the decoder has not started"
+        small = (
+            content_length is not None
+            and content_length.isdigit()
+            and int(content_length) <= self.inline_bytes
+        )
+        if small:
+            yield
+            return
+        async with self._large:
+            yield
+
+    async def decode(self, body: bytes, json_length: int | None) -> InferRequest:
+        """``protocol.parse_request(body, json_length)``, on the path its size calls for."""
+        json_size = len(body) if json_length is None else json_length
+        if len(body) <= self.inline_bytes:
+            return parse_request(body, json_length)
+        if json_size <= self.inline_bytes:
+            return await asyncio.to_thread(parse_request, body, json_length)
+        assert self._pool is not None, "the decoder has not started"
+        try:
+            future = self._pool.submit(parse_request, body, json_length)
+        except BrokenProcessPool:  # a worker died (killed for memory?): start new ones
+            self._pool = self._new_pool()
+            future = self._pool.submit(parse_request, body, json_length)
+        try:
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            log.error("a request-decoding worker process died; starting a new one")
+            self._pool = self._new_pool()
+            raise ProtocolError(
+                "the server could not decode the request (its decoder restarted); retry", 503
+            ) from None
