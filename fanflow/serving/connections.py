@@ -14,6 +14,10 @@ answered in the protocol's error shape and followed by closing the connection:
 | ``max_url_bytes`` of the request target | 8 KiB | 414 |
 | ``max_head_bytes`` of request line and headers together | 16 KiB | 431 |
 | ``max_headers`` | 100 | 431 |
+
+After such an answer the server stops sending and reads (and drops) what the client still
+sends for up to ``LINGER_SECONDS`` before closing: closing a socket with unread data makes
+the kernel reset the connection, and the client would lose the answer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline = None
+        self._lingering = None
         self._head_bytes = 0
         self._in_head = True
         self._header_count = 0
@@ -75,6 +82,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def _arm(self, seconds: float, what: str) -> None:
@@ -96,7 +105,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, refused: Refused) -> None:
         """Answer ``refused`` (unless an answer was started) and close the connection."""
         self._disarm()
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._lingering is not None:
             return
         counter = self.app_state.get("refused")  # the app's metrics (endpoints.build_app)
         if counter is not None:
@@ -114,10 +123,16 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's answer, if any, goes nowhere
             self.cycle.message_event.set()
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._lingering = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
     # -- reading ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # refused: what still comes is dropped
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)

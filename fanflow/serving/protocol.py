@@ -146,7 +146,12 @@ def parse_request(body: bytes | memoryview, json_length: int | None = None) -> I
     if len(inputs) > MAX_TENSORS:
         raise ProtocolError(f"'inputs' holds {len(inputs)} tensors; at most {MAX_TENSORS} are allowed")
     chunks = _BinaryChunks(tail)
-    tensors = [_parse_input(item, f"inputs[{i}]", chunks) for i, item in enumerate(inputs)]
+    # Nested ``data`` is checked against its shape element by element (slow); a header with
+    # no '[' beyond the lists every request has (inputs, shapes, data, outputs) has none.
+    with_data = sum(isinstance(item, simdjson.Object) and "data" in item for item in inputs)
+    lists = 1 + len(inputs) + with_data + ("outputs" in document)
+    nested = (body if isinstance(body, bytes) else bytes(header)).count(b"[", 0, len(header)) > lists
+    tensors = [_parse_input(item, f"inputs[{i}]", chunks, nested) for i, item in enumerate(inputs)]
     chunks.check_all_used()
     _unique([t.name for t in tensors], "inputs")
     return InferRequest(tensors, request_id, parameters, _parse_outputs(document))
@@ -260,7 +265,7 @@ class _BinaryChunks:
             )
 
 
-def _parse_input(item: Any, where: str, chunks: _BinaryChunks) -> Tensor:
+def _parse_input(item: Any, where: str, chunks: _BinaryChunks, nested: bool) -> Tensor:
     if not isinstance(item, simdjson.Object):
         raise ProtocolError(f"{where} must be an object, got {_kind(item)}")
     name = _parse_name(item, where)
@@ -291,7 +296,8 @@ def _parse_input(item: Any, where: str, chunks: _BinaryChunks) -> Tensor:
         return Tensor(name, datatype, shape, array, parameters, binary=True)
     if not has_data:
         raise ProtocolError(f"{where}: 'data' is missing (or give 'parameters.binary_data_size' with binary data)")
-    return Tensor(name, datatype, shape, _array_from_json(item["data"], datatype, shape, where), parameters)
+    array = _array_from_json(item["data"], datatype, shape, where, nested)
+    return Tensor(name, datatype, shape, array, parameters)
 
 
 def array_from_bytes(chunk: memoryview, datatype: str, shape: list[int], where: str) -> np.ndarray:
@@ -332,7 +338,7 @@ def _bytes_elements(chunk: memoryview, count: int, where: str) -> np.ndarray:
     return elements
 
 
-def _array_from_json(data: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
+def _array_from_json(data: Any, datatype: str, shape: list[int], where: str, nested: bool) -> np.ndarray:
     if not isinstance(data, simdjson.Array):
         raise ProtocolError(f"{where}: 'data' must be a list, got {_kind(data)}")
     dtype = DATATYPES[datatype]
@@ -358,7 +364,7 @@ def _array_from_json(data: Any, datatype: str, shape: list[int], where: str) -> 
         raise ProtocolError(f"{where}: 'data' holds a number out of range for {datatype}") from None
     if len(values) != expected:
         raise ProtocolError(f"{where}: 'data' holds {len(values)} values but shape {shape} needs {expected}")
-    if len(data) != len(values):  # nested lists: they must follow the shape exactly
+    if nested:  # lists in the data: they must follow the shape exactly
         _flatten(data.as_list(), shape, where)
     return _cast(values, dtype, datatype, where).reshape(shape)
 

@@ -107,7 +107,43 @@ def test_unknown_model_is_404(server):
 
 def test_unknown_path_and_method_have_the_protocol_error_shape(server):
     assert_error(httpx.get(server.url + "/v2/nothing/here"), 404)
-    assert_error(httpx.get(server.url + "/v2/models/bright/infer"), 405)
+    response = httpx.get(server.url + "/v2/models/bright/infer")
+    assert_error(response, 405)
+    assert response.headers["allow"] == "POST"
+    response = httpx.post(server.url + "/v2/health/live")
+    assert_error(response, 405)
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_no_redirect_is_built_from_the_host_header(server):
+    response = httpx.get(server.url + "/v2/", headers={"host": "attacker.example"})
+    assert response.status_code == 200 and "location" not in response.headers
+    assert response.json()["name"] == "fanflow"
+    response = httpx.get(server.url + "/v2/health/live/", headers={"host": "attacker.example"})
+    assert_error(response, 404)
+    assert "location" not in response.headers
+
+
+def test_each_answer_carries_a_request_id(server):
+    given = httpx.get(server.url + "/v2/health/live", headers={"x-request-id": "probe-7"})
+    assert given.headers["x-request-id"] == "probe-7"
+    made = httpx.get(server.url + "/v2/health/live", headers={"x-request-id": "not an id!"})
+    assert len(made.headers["x-request-id"]) == 32 and made.headers["x-request-id"] != given.headers["x-request-id"]
+
+
+class FailingTagger(BrightnessTagger):
+    def predict_proba(self, X):
+        raise OSError("disk /secret/path is gone")
+
+
+def test_an_internal_error_is_logged_not_shown(serve, caplog):
+    server = serve(create_model_app(FailingTagger(), "bright"))
+    with caplog.at_level("ERROR"):
+        response = infer(server, request_for(clips_with({})))
+    assert_error(response, 500, response.headers["x-request-id"])
+    assert "secret" not in response.text and "OSError" not in response.text
+    logged = [r for r in caplog.records if response.headers["x-request-id"] in r.getMessage()]
+    assert logged and "secret" in str(logged[0].exc_info[1])
 
 
 def test_versions_path(serve, tmp_path):
@@ -143,6 +179,16 @@ BAD_REQUESTS = {
     "id not a string": lambda r: r.update(id=17),
     "parameters not an object": lambda r: r.update(parameters=[1]),
     "outputs not a list": lambda r: r.update(outputs="tags"),
+    "datatype an object": lambda r: r["inputs"][0].update(datatype={"FP32": 1}),
+    "datatype a list": lambda r: r["inputs"][0].update(datatype=["FP32"]),
+    "one boolean among numbers": lambda r: r["inputs"][0]["data"].__setitem__(3, True),
+    "nested parameters": lambda r: r.update(parameters={"a": {"b": 1}}),
+    "nested input parameters": lambda r: r["inputs"][0].update(parameters={"a": [1]}),
+    "duplicate outputs": lambda r: r.update(outputs=[{"name": "tags"}, {"name": "tags"}]),
+    "id too long": lambda r: r.update(id="x" * 1_000_000),
+    "nested data too deep": lambda r: r["inputs"][0].update(data=[[v] for v in r["inputs"][0]["data"]]),
+    "binary_data_output not a boolean": lambda r: r.update(parameters={"binary_data_output": "yes"}),
+    "data and binary size": lambda r: r["inputs"][0].update(parameters={"binary_data_size": 0}),
 }
 
 
@@ -167,8 +213,9 @@ def test_schema_invalid_requests_are_400_and_the_server_stays_healthy(server, ca
         (b"{}", ["inputs"]),
         (b"[" * 100_000 + b"]" * 100_000, ["JSON"]),
         (b'{"inputs": [{"name": "clips", "shape": [1, 4, 8, 8], "datatype": "FP32", "data": [NaN]}]}', []),
+        ('{"inputs": []}'.encode("utf-16"), ["UTF-8", "Inference-Header-Content-Length"]),
     ],
-    ids=["empty", "blank", "not json", "not utf-8", "a list", "null", "no inputs", "deep nesting", "nan"],
+    ids=["empty", "blank", "not json", "not utf-8", "a list", "null", "no inputs", "deep nesting", "nan", "utf-16"],
 )
 def test_bodies_that_are_not_requests_are_400(server, body, words):
     assert_error(infer(server, body), 400, *words)
@@ -254,6 +301,50 @@ def test_metrics_count_requests_and_time_them(server):
     )
     assert 'fanflow_http_request_duration_seconds_count{endpoint="/v2/models/{name}/infer"} 2.0' in text
     assert "fanflow_inference_clips_total 1.0" in text
+
+
+def test_a_client_that_hangs_up_is_counted_apart_and_its_queued_work_is_dropped(serve):
+    server = serve(create_model_app(BrightnessTagger(delay=0.6), "bright"))
+    busy = threading.Thread(target=infer, args=(server, request_for(clips_with({}, n=1))))
+    busy.start()  # holds the one inference thread for 0.6 s
+    time.sleep(0.1)
+    with pytest.raises(httpx.ReadTimeout):  # hangs up while its request waits for that thread
+        infer(server, request_for(clips_with({}, n=5)), timeout=0.2)
+    busy.join()
+    time.sleep(0.3)
+    text = httpx.get(server.url + "/metrics").text
+    assert "fanflow_inference_clips_total 1.0" in text  # the 5 clips were never tagged
+    assert 'fanflow_http_disconnects_total{endpoint="/v2/models/{name}/infer"} 1.0' in text
+    assert 'status="500"' not in text
+
+
+def test_a_body_cut_off_midway_is_a_disconnect_not_an_error(server, caplog):
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v2/models/bright/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        time.sleep(0.1)
+    time.sleep(0.2)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'fanflow_http_disconnects_total{endpoint="/v2/models/{name}/infer"} 1.0' in text
+    assert 'status="500"' not in text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_grid_candidate_is_served_under_a_safe_name_beside_its_full_name(serve, tmp_path):
+    full = "cnn_batchnorm[max_epochs=24,patience=24]"
+    candidate = {"name": full, "model": BrightnessTagger().save(tmp_path / "m.json")}
+    server = serve(create_model_app(candidate, loader=load_tagger))
+    wait_ready(server.url)
+    ((entry),) = httpx.post(server.url + "/v2/repository/index").json()
+    name = entry["name"]
+    assert name.startswith("cnn_batchnorm_max_epochs_24_patience_24-")
+    metadata = httpx.get(f"{server.url}/v2/models/{name}").json()
+    assert metadata["parameters"]["candidate"] == full
+    assert infer(server, request_for(clips_with({})), name=name).status_code == 200
+    other = {"name": "cnn_batchnorm[max_epochs=24,patience=25]", "model": candidate["model"]}
+    assert create_model_app(other, loader=load_tagger).state.served.name != name
 
 
 def test_repository_index_names_the_model(server):
