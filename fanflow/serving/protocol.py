@@ -194,8 +194,7 @@ def parse_parameters(obj: simdjson.Object, key: str, where: str = "") -> dict:
     if not isinstance(value, simdjson.Object):
         raise ProtocolError(f"'{where}{key}' must be an object, got {_kind(value)}")
     out = {}
-    for name in value:
-        item = value[name]
+    for name, item in value.items():  # parameters are small: read as Python values
         if not isinstance(item, str | int | float | bool):
             raise ProtocolError(
                 f"'{where}{key}.{name}' must be a string, a number or a boolean, got {_kind(item)}"
