@@ -3,51 +3,86 @@
 Two model servers (each a torch CNN of the reference models' cost, one torch thread) and a
 union gateway over them run in their own processes. A closed-loop load generator measures
 p50 and p99 latency and throughput of each member alone and of the gateway, at 1 and at 32
-concurrent clients; then it kills one member in the middle of a gateway run and counts the
-errors (which must stay 0: the gateway answers degraded). The row "direct" is the load
-generator sending each request to both members at once itself, with no gateway: the best a
-fan-out can do on this machine, where the members, the gateway and the load generator share
-the cores.
+concurrent clients, with tensors sent as JSON and as binary data (answers as the request
+asks: JSON, or binary outputs); then it kills one member in the middle of a gateway run and
+counts the errors (which must stay 0: the gateway answers degraded). The row "direct" is the
+load generator sending each request to both members at once itself, with no gateway: the
+best a fan-out can do on this machine, where the members, the gateway and the load generator
+share the cores.
 
 Target: gateway p50 ≤ 1.2 × the slower member's p50 + 1 ms (the members are called at
 once, not one after the other); the last column is gateway p50 / that bound (≤ 1 passes).
 
-    python benchmarks/bench_serving.py                # about a minute
+Last, "big requests": 4 requests of the largest allowed body (32 MiB) in flight at once to a
+member and to the gateway, JSON and binary, while a liveness probe asks ``/v2/health/live``
+every 20 ms on a new connection (as Kubernetes does): the probe's p50, p99 and max (target
+p99 < 50 ms), and each server's peak RSS over its RSS before, its decoding workers included
+(target < 3 × the body size per request in flight).
+
+    python benchmarks/bench_serving.py                # a few minutes
     python benchmarks/bench_serving.py --seconds 10 --clips 4
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_load import SHAPE, LoadResult, run_load, start_gateway, start_member
+from serving_load import SHAPE, Body, LoadResult, request_bytes, run_load, start_gateway, start_member
 
 from fanflow.serving import wire
+from fanflow.serving.protocol import DEFAULT_MAX_BODY_BYTES
+
+MiB = 2**20
 
 
-def body_for(clips: int, seed: int = 0) -> bytes:
-    """A request as fanflow's client sends it: grey levels of 8-bit frames, as FP32."""
+def frames_for(clips: int, seed: int = 0) -> np.ndarray:
+    """Grey levels of 8-bit frames, as FP32 in [0, 1]."""
     frames = np.random.default_rng(seed).integers(0, 256, (clips, *SHAPE), dtype=np.uint8)
-    return json.dumps(wire.infer_request(frames.astype(np.float32) / 255.0, "bench")).encode()
+    return frames.astype(np.float32) / 255.0
+
+
+def body_for(clips: int, seed: int = 0, binary: bool = False) -> Body:
+    """A request for ``clips`` clips: JSON as fanflow's JSON writer sends it (7 decimals), or
+    binary tensor data asking binary outputs, as fanflow's client and tritonclient send it."""
+    frames = frames_for(clips, seed)
+    if not binary:
+        return Body(json.dumps(wire.infer_request(frames, "bench")).encode())
+    parts, json_length = wire.binary_request(frames, "bench")
+    return Body(b"".join(parts), json_length)
+
+
+def largest_body(binary: bool) -> Body:
+    """The largest body under the servers' 32 MiB limit, of random clips."""
+    per_clip = len(body_for(2, binary=binary).content) - len(body_for(1, binary=binary).content)
+    clips = (DEFAULT_MAX_BODY_BYTES - 4096) // per_clip
+    body = body_for(clips, binary=binary)
+    while len(body.content) > DEFAULT_MAX_BODY_BYTES:
+        clips -= 8
+        body = body_for(clips, binary=binary)
+    return body
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:8.2f}"
 
 
-def row(target: str, clients: int, result: LoadResult, note: str = "") -> str:
+def row(target: str, encoding: str, clients: int, result: LoadResult, note: str = "") -> str:
     return (
-        f"{target:<10} {clients:>7} {result.requests:>8} {ms(result.percentile(50))} {ms(result.percentile(99))}"
+        f"{target:<10} {encoding:<7} {clients:>7} {result.requests:>8} {ms(result.percentile(50))} {ms(result.percentile(99))}"
         f" {result.throughput:>9.1f} {result.errors:>6}  {note}"
     )
 
@@ -60,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="turns each run is split into (default 4)")
     parser.add_argument("--kill-clients", type=int, default=32, help="clients during the kill run")
     parser.add_argument("--member-timeout", type=float, default=5.0)
+    parser.add_argument("--skip-big", action="store_true", help="leave out the big-requests part")
     args = parser.parse_args(argv)
 
-    body = body_for(args.clips)
+    bodies = {"json": body_for(args.clips), "binary": body_for(args.clips, binary=True)}
     print(
-        f"serving benchmark: {os.cpu_count()} cores, 2 members (torch CNN, 1 thread each), union gateway; "
-        f"{args.clips} clip(s) {SHAPE} per request, {len(body) / 1024:.0f} KiB JSON body; "
-        f"{args.seconds:g} s per target and concurrency, in {args.rounds} turns"
+        f"serving benchmark: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
+        f"2 members (torch CNN, 1 thread each), union gateway; {args.clips} clip(s) {SHAPE} per request: "
+        f"{len(bodies['json'].content) / 1024:.0f} KiB as JSON, {len(bodies['binary'].content) / 1024:.0f} KiB "
+        f"binary; {args.seconds:g} s per target, encoding and concurrency, in {args.rounds} turns"
     )
     started = time.perf_counter()
     members = {"cnn_a": start_member("cnn_a", 0), "cnn_b": start_member("cnn_b", 1)}
@@ -83,50 +120,82 @@ def main(argv: list[str] | None = None) -> int:
         "direct": [t for ts in member_targets.values() for t in ts],
         "gateway": [(gateway_url, "/v2/models/ensemble/infer")],
     }
-    header = f"{'target':<10} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'errors':>6}"
+    header = (
+        f"{'target':<10} {'body':<7} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'req/s':>9} {'errors':>6}"
+    )
     print(header)
     print("-" * len(header) + "-" * 24)
-    results: dict[tuple[str, int], LoadResult] = {}
     failures = 0
     try:
         for clients in args.concurrency:
-            # Short runs in turn rather than one long run each, so that a change in the
-            # machine's other load weighs on every target alike.
-            for target in targets:
-                results[target, clients] = LoadResult()
-            for _ in range(args.rounds):
-                for target, addresses in targets.items():
-                    part = run_load(
-                        addresses, body, clients, args.seconds / args.rounds, 0.25, target == "gateway"
+            for encoding, body in bodies.items():
+                results = {target: LoadResult() for target in targets}
+                # Short runs in turn rather than one long run each, so that a change in the
+                # machine's other load weighs on every target alike.
+                for _ in range(args.rounds):
+                    for target, addresses in targets.items():
+                        part = run_load(addresses, body, clients, args.seconds / args.rounds, 0.25)
+                        results[target].add(part)
+                for target, result in results.items():
+                    failures += result.errors
+                    note = ""
+                    if target in ("direct", "gateway"):
+                        slower = max(results[m].percentile(50) for m in members)
+                        ratio = result.percentile(50) / (1.2 * slower + 0.001)
+                        note = f"p50 / (1.2 × slower member p50 + 1 ms) = {ratio:.2f}"
+                    print(row(target, encoding, clients, result, note), flush=True)
+                    for sample in result.error_samples:
+                        print(f"    error: {sample}")
+
+        if not args.skip_big:
+            print(
+                "\n4 requests of the largest body in flight; liveness probed every 20 ms on a new connection"
+            )
+            print(
+                f"{'server':<10} {'body':<7} {'MiB':>6} {'answers':>7} {'seconds':>8} {'live p50':>9} "
+                f"{'live p99':>9} {'live max':>9} {'probes':>6} {'peak RSS +MiB':>14} {'/ (3 × 4 × body)':>17}"
+            )
+            servers = {"cnn_a": members["cnn_a"], "gateway": gateway}
+            for encoding in ("json", "binary"):
+                body = largest_body(encoding == "binary")
+                for name, process in servers.items():
+                    url = endpoints[0]["url"] if name == "cnn_a" else gateway_url
+                    path = f"/v2/models/{name}/infer" if name == "cnn_a" else "/v2/models/ensemble/infer"
+                    big = big_requests(process.process.pid, url, path, body)
+                    failures += big["errors"]
+                    limit = 3 * 4 * len(body.content) / MiB
+                    print(
+                        f"{name:<10} {encoding:<7} {len(body.content) / MiB:6.1f} {big['answers']:>7} "
+                        f"{big['seconds']:8.1f} {ms(big['p50'])} {ms(big['p99'])} {ms(big['max'])} "
+                        f"{big['probes']:>6} {big['rss'] / MiB:14.0f} {big['rss'] / MiB / limit:17.2f}",
+                        flush=True,
                     )
-                    results[target, clients].add(part)
-            for target in targets:
-                result = results[target, clients]
-                failures += result.errors
-                note = ""
-                if target in ("direct", "gateway"):
-                    slower = max(results[m, clients].percentile(50) for m in members)
-                    ratio = result.percentile(50) / (1.2 * slower + 0.001)
-                    note = f"p50 / (1.2 × slower member p50 + 1 ms) = {ratio:.2f}"
-                print(row(target, clients, result, note), flush=True)
-                for sample in result.error_samples:
-                    print(f"    error: {sample}")
 
         victim = "cnn_b"
 
         async def kill_member() -> None:
-            import asyncio
-
             await asyncio.sleep(args.seconds / 3)
             members[victim].kill()
 
         killed = run_load(
-            targets["gateway"], body, args.kill_clients, args.seconds, inspect=True, during=kill_member
+            targets["gateway"],
+            bodies["json"],
+            args.kill_clients,
+            args.seconds,
+            inspect=True,
+            during=kill_member,
         )
         failures += killed.errors
         print(
             "\n"
-            + row("gateway", args.kill_clients, killed, f"{victim} killed after {args.seconds / 3:.1f} s")
+            + row(
+                "gateway",
+                "json",
+                args.kill_clients,
+                killed,
+                f"{victim} killed after {args.seconds / 3:.1f} s",
+            )
         )
         print(
             f"    answers: {len(killed.latencies)} (200), of which degraded: {killed.degraded}"
@@ -138,8 +207,85 @@ def main(argv: list[str] | None = None) -> int:
         gateway.stop()
         for process in members.values():
             process.stop()
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; errors in all runs: {failures}")
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} at the end; "
+        f"errors in all runs: {failures}"
+    )
     return 1 if failures else 0
+
+
+def rss_of(process: psutil.Process) -> int:
+    """The RSS of a server and of its children (the decoding workers)."""
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return total
+
+
+def big_requests(pid: int, url: str, path: str, body: Body, in_flight: int = 4) -> dict:
+    """Send ``in_flight`` copies of ``body`` at once while probing liveness; the probe's
+    latencies and the server's peak RSS over its RSS before."""
+    process = psutil.Process(pid)
+    before = rss_of(process)
+    peak = before
+    sampling = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not sampling.is_set():
+            peak = max(peak, rss_of(process))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    host, port, payload = request_bytes(url, path, body)
+
+    async def one_big() -> int:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        await reader.readexactly(length)
+        writer.close()
+        return int(head.split(b" ")[1])
+
+    async def probe() -> float:
+        start = time.perf_counter()
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await reader.read()
+        writer.close()
+        return time.perf_counter() - start
+
+    async def run() -> tuple[list[int], list[float], float]:
+        start = time.perf_counter()
+        bigs = asyncio.gather(*(one_big() for _ in range(in_flight)))
+        latencies = []
+        while not bigs.done():
+            latencies.append(await probe())
+            await asyncio.sleep(0.02)
+        return await bigs, latencies, time.perf_counter() - start
+
+    statuses, latencies, seconds = asyncio.run(run())
+    sampling.set()
+    sampler.join()
+    return {
+        "answers": sum(s == 200 for s in statuses),
+        "errors": sum(s != 200 for s in statuses),
+        "seconds": seconds,
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+        "max": max(latencies),
+        "probes": len(latencies),
+        "rss": peak - before,
+    }
 
 
 if __name__ == "__main__":

@@ -42,15 +42,19 @@ class ClipCNN:
         ).eval()  # fmt: skip
         self.head = nn.Linear(64, len(TAGS)).eval()
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, batch_size: int = 128) -> np.ndarray:
         import torch
 
+        # In batches of 128 clips, as the reference models predict: a whole 1,000-clip
+        # request at once would take gigabytes of activations.
+        out = []
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-            b, t = x.shape[:2]
-            f = self.features((x.flatten(0, 1).unsqueeze(1) - 0.1) / 0.2).amax(dim=(2, 3))
-            logits = self.head(f.view(b, t, -1).amax(dim=1))
-            return torch.sigmoid(logits).numpy()
+            for start in range(0, len(X), batch_size):
+                x = torch.tensor(np.asarray(X[start : start + batch_size], dtype=np.float32))
+                b, t = x.shape[:2]
+                f = self.features((x.flatten(0, 1).unsqueeze(1) - 0.1) / 0.2).amax(dim=(2, 3))
+                out.append(torch.sigmoid(self.head(f.view(b, t, -1).amax(dim=1))).numpy())
+        return np.concatenate(out)
 
 
 # -- servers in their own processes ----------------------------------------------------------
@@ -80,7 +84,8 @@ class ServerProcess:
     def __init__(self, target, *args):
         ctx = mp.get_context("spawn")
         urls = ctx.Queue()
-        self.process = ctx.Process(target=target, args=(*args, urls), daemon=True)
+        # Not daemonic: a server starts its own decoding worker processes.
+        self.process = ctx.Process(target=target, args=(*args, urls))
         self.process.start()
         self.urls = urls
 
@@ -142,14 +147,27 @@ class LoadResult:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
 
-def request_bytes(url: str, path: str, body: bytes) -> tuple[str, int, bytes]:
+@dataclass(frozen=True)
+class Body:
+    """A request body as sent: JSON, or binary tensor data after a JSON header."""
+
+    content: bytes
+    json_length: int | None = None
+
+    def head_lines(self) -> str:
+        if self.json_length is None:
+            return "Content-Type: application/json\r\n"
+        return f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {self.json_length}\r\n"
+
+
+def request_bytes(url: str, path: str, body: Body) -> tuple[str, int, bytes]:
     hostport = url.removeprefix("http://")
     host, port = hostport.rsplit(":", 1)
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {hostport}\r\n{body.head_lines()}"
+        f"Content-Length: {len(body.content)}\r\n\r\n"
     ).encode()
-    return host, int(port), head + body
+    return host, int(port), head + body.content
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -226,7 +244,7 @@ async def _load(targets, clients, seconds, warmup, inspect, during=None) -> Load
     return result
 
 
-def run_load(targets, body, clients, seconds, warmup=0.5, inspect=False, during=None) -> LoadResult:
+def run_load(targets, body: Body, clients, seconds, warmup=0.5, inspect=False, during=None) -> LoadResult:
     """``clients`` closed-loop clients POST ``body`` to each ``(url, path)`` of ``targets``
     at once for ``seconds`` (after ``warmup`` unmeasured seconds); ``during`` is a coroutine
     function run alongside."""

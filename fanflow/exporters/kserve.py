@@ -72,13 +72,12 @@ def artifact_name(model: Any) -> str:
 
 
 def model_name(kwargs: dict[str, Any]) -> str:
-    """The name a model server serves under (as ``fanflow.serving.predictor.model_name``)."""
-    name, model = kwargs.get("name"), kwargs.get("model")
-    if name:
-        return str(name)
-    if isinstance(model, dict) and isinstance(model.get("name"), str):
-        return model["name"]
-    return "model"
+    """The name a model server serves under: the server's own rule, so that a grid
+    candidate (``cnn[lr=0.01]``) gets the same URL-safe name in a cluster as on one machine."""
+    from fanflow.serving.predictor import model_name as served_model_name
+
+    name = kwargs.get("name")
+    return served_model_name(kwargs.get("model"), str(name) if name else None)
 
 
 def server_command(uses: str, kwargs: dict[str, Any], store: str) -> tuple[str, list[str]]:

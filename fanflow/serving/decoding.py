@@ -8,7 +8,9 @@ with it. Hence three paths, by size:
 - a larger body whose JSON part is small (binary tensor data) is read in a thread: its arrays
   are views of the body, nothing is copied;
 - a larger JSON part is parsed in a worker process (``workers`` of them; spawned, so that no
-  thread of the server is forked), which sends back the arrays.
+  thread of the server is forked), which sends back the arrays. A server that runs in a
+  daemonic process (which may not have children) parses it in a thread instead, and says so
+  in its log.
 
 At most ``max_large`` requests larger than ``inline_bytes`` are read and handled at once; the
 others wait before their bodies are read (the client's bytes stay in the socket buffers), so
@@ -50,7 +52,10 @@ class Decoder:
 
     async def start(self) -> None:
         self._large = asyncio.Semaphore(self.max_large)
-        self._pool = self._new_pool()
+        if multiprocessing.current_process().daemon:
+            log.warning("a daemonic process cannot start decoding workers: large JSON bodies are parsed in a thread")
+        else:
+            self._pool = self._new_pool()
 
     async def stop(self) -> None:
         if self._pool is not None:
@@ -84,9 +89,8 @@ class Decoder:
         json_size = len(body) if json_length is None else json_length
         if len(body) <= self.inline_bytes:
             return parse_request(body, json_length)
-        if json_size <= self.inline_bytes:
+        if json_size <= self.inline_bytes or self._pool is None:
             return await asyncio.to_thread(parse_request, body, json_length)
-        assert self._pool is not None, "the decoder has not started"
         try:
             future = self._pool.submit(parse_request, body, json_length)
         except BrokenProcessPool:  # a worker died (killed for memory?): start new ones
