@@ -24,6 +24,9 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 from fanflow.serving.protocol import InferRequest, ProtocolError, parse_request
@@ -59,11 +62,14 @@ class Decoder:
 
     async def stop(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn")
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
         )
         pool.submit(int)  # start the workers now, not on the first large request
         return pool
@@ -104,3 +110,15 @@ class Decoder:
             raise ProtocolError(
                 "the server could not decode the request (its decoder restarted); retry", 503
             ) from None
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a decoding worker: exit when the server is gone. A worker holds both ends of its
+    task queue, so a server killed outright (SIGKILL) would otherwise leave it behind."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
