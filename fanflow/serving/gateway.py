@@ -102,6 +102,7 @@ class Gateway:
         self.member_timeout = member_timeout
         self.member_seconds_per_mib = member_seconds_per_mib
         self.member_max_body_bytes = member_max_body_bytes
+        self._bytes_at_members = 0  # of the requests the members are working on or queueing
         self.member_connections = member_connections
         self.clients: dict[str, aiohttp.ClientSession] = {}
         self._metadata: dict | None = None
@@ -213,7 +214,16 @@ class Gateway:
             select_outputs([{"name": name} for name in OUTPUTS], wanted)  # 400 for an unknown name
         body = self.member_body(request)
         header_length = len(body[0])
-        deadline = self.deadline(sum(len(part) for part in body))
+        size = sum(len(part) for part in body)
+        # A member works on one request at a time: this one waits behind those sent before.
+        self._bytes_at_members += size
+        try:
+            return await self._ask_members(request, body, header_length, self.deadline(self._bytes_at_members))
+        finally:
+            self._bytes_at_members -= size
+
+    async def _ask_members(self, request: InferRequest, body: list, header_length: int, deadline: float) -> dict:
+        wanted = request.output_names
         headers = {"content-type": "application/octet-stream", binary.HEADER: str(header_length)}
         request_id = current_request_id.get()
         if request_id is not None:  # the members log under the same id
