@@ -8,7 +8,8 @@ with it. Hence three paths, by size:
 - a larger body whose JSON part is small (binary tensor data) is read in a thread: its arrays
   are views of the body, nothing is copied;
 - a larger JSON part is parsed in a worker process (``workers`` of them; spawned, so that no
-  thread of the server is forked), which sends back the arrays. A server that runs in a
+  thread of the server is forked, when the first such body comes), which sends back the
+  arrays. A server that runs in a
   daemonic process (which may not have children) parses it in a thread instead, and says so
   in its log.
 
@@ -52,13 +53,13 @@ class Decoder:
         self.max_large = max_large
         self._large: asyncio.Semaphore | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._daemonic = False
 
     async def start(self) -> None:
         self._large = asyncio.Semaphore(self.max_large)
-        if multiprocessing.current_process().daemon:
+        self._daemonic = multiprocessing.current_process().daemon
+        if self._daemonic:
             log.warning("a daemonic process cannot start decoding workers: large JSON bodies are parsed in a thread")
-        else:
-            self._pool = self._new_pool()
 
     async def stop(self) -> None:
         if self._pool is not None:
@@ -71,7 +72,6 @@ class Decoder:
             initializer=exit_with_parent,
             initargs=(os.getpid(),),
         )
-        pool.submit(int)  # start the workers now, not on the first large request
         return pool
 
     @contextlib.asynccontextmanager
@@ -95,8 +95,10 @@ class Decoder:
         json_size = len(body) if json_length is None else json_length
         if len(body) <= self.inline_bytes:
             return parse_request(body, json_length)
-        if json_size <= self.inline_bytes or self._pool is None:
+        if json_size <= self.inline_bytes or self._daemonic:
             return await asyncio.to_thread(parse_request, body, json_length)
+        if self._pool is None:
+            self._pool = self._new_pool()
         try:
             future = self._pool.submit(parse_request, body, json_length)
         except BrokenProcessPool:  # a worker died (killed for memory?): start new ones
