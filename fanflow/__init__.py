@@ -12,9 +12,16 @@ _EXPORTS = {
     "SpecError": "fanflow.spec.errors",
     "Workflow": "fanflow.spec.model",
     "load_workflow": "fanflow.spec.loader",
-    "flow": "fanflow.spec.python_api",
+    "flow": "fanflow.api",
     "item": "fanflow.spec.python_api",
     "params": "fanflow.spec.python_api",
+    "run": "fanflow.api",
+    "run_async": "fanflow.api",
+    "runs": "fanflow.api",
+    "Run": "fanflow.results",
+    "RunFailed": "fanflow.errors",
+    "RunNotFound": "fanflow.errors",
+    "register_serializer": "fanflow.stores.serializers",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,8 +1,10 @@
 """Turn a step's return value into a manifest of plain JSON with artifact references, and back.
 
 A manifest is what travels between the engine and the workers: plain data (dicts with string
-keys, lists, strings, numbers, booleans, None) stays inline; every other leaf (a NumPy array,
-bytes, a file, a torch tensor or state dict, a scikit-learn estimator) is written once to the
+keys, lists, strings, numbers, booleans, None) stays inline, and so do values JSON has no type
+for (datetimes, sets, dataclasses, ...: ``fanflow.stores.typed``); every other leaf (a NumPy
+array, bytes, a file, a torch tensor or state dict, a scikit-learn estimator, a table or a
+value with a registered serializer: ``fanflow.stores.serializers``) is written once to the
 artifact store and replaced by ``{"$artifact": "sha256:...", "format": ..., ...}``. Consumers
 get the leaves back loaded: arrays memory-mapped, files as read-only paths.
 """
@@ -14,15 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fanflow.stores import serializers, typed
 from fanflow.stores.artifacts import ArtifactPath, ArtifactStore
-from fanflow.vocab.manifest import ARTIFACT_KEY, FLOAT_KEY, RESERVED_PREFIX
+from fanflow.stores.code import reader
+from fanflow.stores.serializers import UnstorableValue
+from fanflow.vocab.manifest import ARTIFACT_KEY, FLOAT_KEY, RESERVED_PREFIX, VALUE_KEY
 
 # scikit-learn models are loaded with skops, trusting only types from these packages.
 _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy", "scipy.", "builtins", "collections")
 
 
-class UnstorableValue(TypeError):
-    """A step returned something fanflow cannot store."""
+__all__ = ["UnstorableValue", "decode", "encode", "locations"]
 
 
 def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: Path | None = None) -> Any:
@@ -31,7 +35,7 @@ def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: 
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            return {FLOAT_KEY: repr(value)}
+            return {FLOAT_KEY: repr(float(value))}  # float(): NumPy's repr is np.float64(nan)
         return value
     if isinstance(value, dict):
         out = {}
@@ -52,8 +56,8 @@ def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: 
 def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | None) -> dict:
     np = sys.modules.get("numpy")
     if np is not None:
-        if isinstance(value, np.generic):
-            return value.item()
+        if isinstance(value, np.generic):  # a NumPy scalar: as the Python value it holds
+            return encode(value.item(), store, where=where, scratch=scratch)
         if isinstance(value, np.ndarray):
             return _put_array(value, store, where)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -86,11 +90,11 @@ def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | N
         return _put_torch(value, store)
     if _is_sklearn_estimator(value):
         return _put_skops(value, store)
-    raise UnstorableValue(
-        f"{where}: cannot store a {type(value).__module__}.{type(value).__qualname__}; a step may "
-        "return dicts, lists, strings, numbers, booleans, None, NumPy arrays, bytes, "
-        "pathlib.Path files, torch tensors or state dicts, and scikit-learn estimators"
-    )
+    try:
+        found = typed.encode(value, lambda item, at: encode(item, store, where=at, scratch=scratch), where)
+    except typed.TypedValueError as exc:
+        raise UnstorableValue(str(exc)) from None
+    return found if found is not None else serializers.store(value, store, where)
 
 
 def _put_array(array, store: ArtifactStore, where: str) -> dict:
@@ -148,6 +152,11 @@ def decode(manifest: Any, store: ArtifactStore) -> Any:
     if isinstance(manifest, dict):
         if ARTIFACT_KEY in manifest:
             return _load_leaf(manifest, store)
+        if VALUE_KEY in manifest:
+            try:
+                return typed.decode(manifest, lambda item: decode(item, store), reader(store))
+            except typed.TypedValueError as exc:
+                raise UnstorableValue(str(exc)) from None
         if FLOAT_KEY in manifest and len(manifest) == 1:
             return float(manifest[FLOAT_KEY])
         return {k: decode(v, store) for k, v in manifest.items()}
@@ -182,7 +191,7 @@ def _load_leaf(ref: dict, store: ArtifactStore) -> Any:
         if unsafe:
             raise UnstorableValue(f"artifact {digest} holds types that are not trusted: {unsafe}")
         return skops.io.loads(data, trusted=untrusted)
-    raise UnstorableValue(f"artifact {digest} has an unknown format {fmt!r}")
+    return serializers.load(ref, store)
 
 
 def locations(manifest: Any, store: ArtifactStore) -> Any:

@@ -1,19 +1,21 @@
 """The keys of a manifest: the plain JSON that stands for a step's inputs or outputs.
 
 A stored leaf is ``{"$artifact": "sha256:...", "format": ..., ...}``; a float JSON cannot
-hold is ``{"$float": "nan"}``; a task that failed where only its output travels (a pod on
+hold is ``{"$float": "nan"}``; a value JSON has no type for (a datetime, a set, a dataclass)
+is ``{"$value": kind, "data": ...}`` with its type recorded; a task that failed where only its output travels (a pod on
 Kubernetes) leaves ``{"$failed": error, "task": name}``. User data may not use keys that
 start with ``$``, so these never clash with a step's own values."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 ARTIFACT_KEY = "$artifact"
 FLOAT_KEY = "$float"
 FAILED_KEY = "$failed"
+VALUE_KEY = "$value"
 RESERVED_PREFIX = "$"
 
 
@@ -36,6 +38,21 @@ def artifact_refs(manifest: Any) -> Iterator[dict]:
     elif isinstance(manifest, list):
         for value in manifest:
             yield from artifact_refs(value)
+
+
+def map_artifacts(manifest: Any, fn: Callable[[dict, tuple], Any], path: tuple = ()) -> Any:
+    """The manifest with each artifact reference replaced by ``fn(reference, path)``; the
+    path holds the keys and indexes that lead to it (a typed value's ``data`` left out)."""
+    if isinstance(manifest, dict):
+        if ARTIFACT_KEY in manifest:
+            return fn(manifest, path)
+        return {
+            key: map_artifacts(value, fn, path if key == "data" and VALUE_KEY in manifest else (*path, key))
+            for key, value in manifest.items()
+        }
+    if isinstance(manifest, list):
+        return [map_artifacts(value, fn, (*path, index)) for index, value in enumerate(manifest)]
+    return manifest
 
 
 def artifact_digests(manifest: Any) -> list[str]:
