@@ -1,33 +1,61 @@
-"""A fanflow project: the folder (``.fanflow`` by default) that holds the run store, the
-artifact store and the logs, and the entry points that run and resume workflows in it."""
+"""A fanflow project: the folder (``.fanflow`` at the project's root) that holds the run store,
+the artifact store and the logs, and the entry points that run and resume workflows in it.
+
+One store per project, wherever in it a command runs: the folder is ``$FANFLOW_HOME`` when set,
+else ``.fanflow`` in the nearest folder, from the current one upwards, that holds a
+``pyproject.toml``, a ``.git`` or a ``.fanflow`` (the project's root); else ``.fanflow`` in the
+current folder."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fanflow.engine.cache import StoreMemo
+from fanflow.engine.cache import CodeHasher, StoreMemo
 from fanflow.engine.runner import Runner, RunResult
+from fanflow.errors import RunNotFound
 from fanflow.executors import create_executor
 from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
-from fanflow.stores.runs import RunStore, default_url
+from fanflow.stores.artifacts import ArtifactNotFound, ArtifactStore
+from fanflow.stores.code import put_code, read_code
+from fanflow.stores.runs import RunRow, RunStore, default_url
+from fanflow.vocab.imports import shipped_digest
 from fanflow.vocab.states import Event
 
+HOME_ENV = "FANFLOW_HOME"
+HOME_FOLDER = ".fanflow"
+ROOT_MARKERS = ("pyproject.toml", ".git", HOME_FOLDER)
 
-class RunNotFound(LookupError):
-    pass
+
+def find_home(start: str | os.PathLike | None = None) -> Path:
+    """The project's store folder, by the rule in this module's docstring."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder / HOME_FOLDER
+    return here / HOME_FOLDER
+
+
+@dataclass
+class Located:
+    """A workflow file a name points to, and what to warn about before running it."""
+
+    path: Path
+    warnings: list[str] = field(default_factory=list)
 
 
 class Project:
     def __init__(
         self, home: str | os.PathLike | None = None, *, db: str | None = None, artifacts: str | None = None
     ):
-        self.home = Path(home or os.environ.get("FANFLOW_HOME", ".fanflow")).resolve()
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home = Path(home).resolve() if home else find_home()  # made when first written to
         self.db_url = db or default_url(self.home)
         self.artifacts_url = artifacts or os.environ.get("FANFLOW_ARTIFACTS") or str(self.home / "artifacts")
         self._store: RunStore | None = None
@@ -38,10 +66,38 @@ class Project:
             self._store = RunStore(self.db_url)
         return self._store
 
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.artifacts_url)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def locate(self, target: str | os.PathLike) -> Located:
+        """The workflow file ``target`` names: a file, a bundle (checked and unpacked into the
+        project), or the name of an installed workflow (``fanflow list``)."""
+        from fanflow import bundle
+
+        path = Path(target)
+        if bundle.is_bundle(path):
+            workflow, manifest = bundle.unpack(path, self.home)
+            problems = bundle.missing_requirements(manifest)
+            return Located(workflow, [f"{p} (see {workflow.parent}/requirements.txt)" for p in problems])
+        if path.exists() or path.suffix or len(path.parts) > 1:
+            return Located(path)
+        from fanflow.spec.registry import find_installed
+
+        try:
+            return Located(find_installed(str(path)))
+        except LookupError as exc:
+            raise SpecError(SpecIssue(f"no such file, and {exc}", file=str(path))) from None
+
+    def get_run(self, run_id: str) -> RunRow:
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise RunNotFound(f"no run {run_id!r} in {self.db_url} (see: fanflow runs)")
+        return row
 
     def runner(
         self,
@@ -58,13 +114,18 @@ class Project:
         previous = None
         if resume:
             previous = {t["name"]: t for t in self.store.tasks(resume) if t["state"] == "succeeded"}
+        code = CodeHasher(
+            workflow.source,
+            workflow.import_paths,
+            shipped=self.ship(workflow),
+            steps={step.uses for step in workflow.steps.values()},
+        )
         memo = StoreMemo(
             self.store,
             use_cache=cache,
             previous=previous,
-            source=workflow.source,
+            code=code,
             no_cache_steps={n for n, s in workflow.steps.items() if not s.cache},
-            import_paths=workflow.import_paths,
         )
         return Runner(
             workflow,
@@ -78,6 +139,29 @@ class Project:
             keep_services=keep_services,
             resumed_from=resume,
         )
+
+    def ship(self, workflow: Workflow) -> dict[str, str]:
+        """Put the code shipped with ``workflow`` (steps defined in a notebook) into the
+        artifact store, where workers read it; returns every shipped step's source by digest,
+        read back from the store for a workflow that no longer carries it (a resumed run)."""
+        store = self.artifacts()
+        for digest, source in workflow.code.items():
+            stored = put_code(store, source)
+            if stored != digest:
+                raise SpecError(SpecIssue(f"shipped code {digest} does not match its content ({stored})"))
+        shipped = {}
+        for name, step in workflow.steps.items():
+            digest = shipped_digest(step.uses)
+            if digest is None or digest in shipped:
+                continue
+            try:
+                shipped[digest] = workflow.code.get(digest) or read_code(store, digest)
+            except ArtifactNotFound:
+                raise SpecError(SpecIssue(
+                    f"the code of step {name!r} (shipped from a notebook) is no longer in the artifact "
+                    f"store at {store.url}: run the notebook's workflow again", field=f"steps.{name}",
+                )) from None
+        return shipped
 
     def run(self, workflow: Workflow, **options: Any) -> RunResult:
         return self.runner(workflow, **options).run()
@@ -96,13 +180,14 @@ class Project:
 
     def resumable(self, run_id: str, allow_running: bool = False) -> tuple[Workflow, dict[str, Any], str]:
         """The workflow and parameters of an earlier run, to continue it."""
-        row = self.store.get_run(run_id)
-        if row is None:
-            raise RunNotFound(f"no run {run_id!r} in {self.db_url}")
+        row = self.get_run(run_id)
         if row.state == "running" and not allow_running:
             raise SpecError(SpecIssue(f"run {row.id} is still running (pid alive); stop it first"))
         if row.state == "interrupted":
             self.store.mark_interrupted(row.id)
-        spec = dict(row.spec)
-        workflow = Workflow.model_validate({**spec, "source": row.source})
-        return workflow, row.params, row.id
+        return self.workflow_of(row), row.params, row.id
+
+    @staticmethod
+    def workflow_of(row: RunRow) -> Workflow:
+        """The workflow a recorded run ran."""
+        return Workflow.model_validate({**row.spec, "source": row.source})

@@ -16,7 +16,12 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 HomeOption = Annotated[
-    Path | None, typer.Option("--home", help="Project folder (default: $FANFLOW_HOME or ./.fanflow).")
+    Path | None,
+    typer.Option(
+        "--home",
+        help="The project's store folder (default: $FANFLOW_HOME, else .fanflow in the nearest folder "
+        "upwards with a pyproject.toml, .git or .fanflow).",
+    ),
 ]
 
 
@@ -40,31 +45,18 @@ def parse_params(values: list[str] | None) -> dict[str, str]:
     return params
 
 
-def load(path: Path):
-    """A workflow file, or the name of an installed workflow (``fanflow list``)."""
+def load(path: Path, home: Path | None = None):
+    """A workflow file, a bundle, or the name of an installed workflow (``fanflow list``)."""
     from fanflow.spec.loader import load_workflow
 
-    return load_workflow(locate(path))
+    return load_workflow(locate(path, home))
 
 
-def locate(path: Path) -> Path:
-    from fanflow import bundle
-
-    if bundle.is_bundle(path):
-        workflow, manifest = bundle.unpack(path, open_project(None).home)
-        for problem in bundle.missing_requirements(manifest):
-            err.print(
-                f"[yellow]warning:[/] {escape(problem)} (see {workflow.parent}/requirements.txt)", markup=True
-            )
-        return workflow
-    if path.exists() or path.suffix or len(path.parts) > 1:
-        return path
-    from fanflow.spec.registry import find_installed
-
-    try:
-        return find_installed(str(path))
-    except LookupError as exc:
-        raise UsageError(f"{path}: no such file, and {exc}") from None
+def locate(path: Path, home: Path | None = None) -> Path:
+    located = open_project(home).locate(path)
+    for warning in located.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
+    return located.path
 
 
 def escape(text: str) -> str:

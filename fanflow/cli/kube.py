@@ -120,7 +120,7 @@ def export_kserve(
     secret: SecretOption = None,
     output: OutputOption = None,
     home: Annotated[
-        Path | None, typer.Option("--home", help="Project folder (default: $FANFLOW_HOME or ./.fanflow).")
+        Path | None, typer.Option("--home", help="The project's store folder (default: $FANFLOW_HOME, else .fanflow at the project root).")
     ] = None,
 ) -> None:
     """Write one KServe InferenceService per model a finished run selected, and the gateway."""

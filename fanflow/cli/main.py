@@ -13,6 +13,7 @@ import typer
 
 from fanflow.cli import kube, predict, run, runs, workflows
 from fanflow.cli.common import UsageError, err, escape
+from fanflow.errors import RunNotFound
 from fanflow.spec.errors import SpecError
 
 app = typer.Typer(
@@ -29,7 +30,7 @@ for command in (run.run, run.resume, run.serve, predict.predict):
 for command in (workflows.validate, workflows.pack, workflows.describe, workflows.schema, workflows.graph):
     app.command()(command)
 app.command("list")(workflows.list_workflows)
-for command in (runs.runs, runs.show, runs.logs, runs.gc):
+for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc):
     app.command()(command)
 app.add_typer(kube.export_app, name="export")
 app.command("exec")(kube.exec_command)
@@ -62,7 +63,7 @@ def main() -> None:
                 f"[bold red]error:[/] {escape(str(issue))}", markup=True, highlight=False, soft_wrap=True
             )
         sys.exit(2)
-    except UsageError as exc:
+    except (UsageError, RunNotFound) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 

@@ -15,6 +15,7 @@ from typing import Any
 from fanflow import runtime
 from fanflow.executors.base import TaskResult, TaskSpec
 from fanflow.stores.artifacts import ArtifactStore
+from fanflow.stores.code import reader
 from fanflow.stores.values import UnstorableValue, decode, encode
 from fanflow.vocab.imports import ImportFailed, import_object
 
@@ -28,8 +29,8 @@ def store_for(url: str) -> ArtifactStore:
     return store
 
 
-def import_callable(uses: str, import_paths: list[str] = ()):
-    target = import_object(uses, import_paths)
+def import_callable(uses: str, import_paths: list[str] = (), store: ArtifactStore | None = None):
+    target = import_object(uses, import_paths, reader(store) if store else None)
     if not callable(target):
         raise ImportFailed(f"{uses} is not callable")
     return target
@@ -59,8 +60,9 @@ def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
 
 def call_step(spec: TaskSpec) -> tuple[Any, Any]:
     """Import, load inputs, call. Returns (function, return value)."""
-    fn = import_callable(spec.uses, spec.import_paths)
-    kwargs = decode(spec.inputs, store_for(spec.artifacts))
+    store = store_for(spec.artifacts)
+    fn = import_callable(spec.uses, spec.import_paths, store)
+    kwargs = decode(spec.inputs, store)
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as exc:

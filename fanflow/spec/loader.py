@@ -41,12 +41,13 @@ def load_workflow(path: str | Path, *, check_imports: bool = True, _stack: tuple
 
 
 def workflow_from_dict(data: Any, *, source: str | None = None, positions: Positions | None = None,
-                       check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
+                       check_imports: bool = True, import_paths: list[str] = (),
+                       _stack: tuple[str, ...] = ()) -> Workflow:
     positions = positions or Positions(file=source)
     if not isinstance(data, dict):
         raise SpecError(positions.issue(f"expected a mapping with name and steps, got {type(data).__name__}"))
     data, folders = subflows.inline(data, source, positions, check_imports=check_imports, stack=_stack)
-    own = [str(Path(source).resolve().parent)] if source else []
+    own = [str(Path(source).resolve().parent)] if source else list(import_paths)
     try:
         workflow = Workflow.model_validate({**data, "source": source,
                                             "import_paths": own + [f for f in folders if f not in own]})

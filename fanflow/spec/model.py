@@ -183,6 +183,12 @@ class Workflow(_Strict):
     import_paths: list[str] = Field(
         default_factory=list, exclude=True, description="Folders step modules are imported from."
     )
+    code: dict[str, str] = Field(
+        default_factory=dict,
+        exclude=True,
+        description="Source shipped with the workflow by digest: steps defined in a notebook or a "
+        "__main__ script, which workers cannot import by name.",
+    )
 
     @field_validator("steps")
     @classmethod

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from fanflow.spec import shipping
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
 from fanflow.spec.positions import Positions
+from fanflow.vocab.imports import shipped_digest
 
 
 class RefExpr:
@@ -108,12 +111,14 @@ class StepHandle:
         return self.output[key]
 
 
-def _module_name(fn) -> str:
-    module = fn.__module__
-    if module == "__main__":
-        file = inspect.getsourcefile(fn)
-        module = Path(file).stem if file else module
-    return module
+def _redefined(earlier, fn) -> bool:
+    """Whether a step's function is defined again by running its notebook cell again."""
+    return (
+        earlier is not None
+        and shipping.interactive(fn)
+        and shipping.interactive(earlier)
+        and earlier.__qualname__ == fn.__qualname__
+    )
 
 
 class FlowBuilder:
@@ -123,6 +128,7 @@ class FlowBuilder:
         self.options = options
         self.steps: dict[str, StepHandle] = {}
         self.source: str | None = None
+        self._shipped: dict[str, str] = {}  # uses -> source of the steps shipped as code
 
     def step(self, name: str | None = None, **options: Any):
         """Declare the decorated function as a step. Options are the Step fields
@@ -131,7 +137,8 @@ class FlowBuilder:
 
         def decorate(fn) -> StepHandle:
             step_name = name or fn.__name__
-            if step_name in self.steps:
+            earlier = self.steps.get(step_name)
+            if earlier is not None and not _redefined(earlier.fn, fn):
                 raise SpecError(
                     SpecIssue(
                         f"a second step named {step_name!r}",
@@ -141,8 +148,8 @@ class FlowBuilder:
                     )
                 )
             handle = StepHandle(fn, step_name, options)
-            self.steps[step_name] = handle
-            if self.source is None:
+            self.steps[step_name] = handle  # a cell run again replaces its step, in place
+            if self.source is None and not shipping.interactive(fn):
                 self.source = inspect.getsourcefile(fn)
             return handle
 
@@ -177,7 +184,7 @@ class FlowBuilder:
             for parameter in inspect.signature(handle.fn).parameters.values():
                 if isinstance(parameter.default, RefExpr | StepHandle):
                     arguments.setdefault(parameter.name, _plain(parameter.default))
-            entry: dict[str, Any] = {"uses": f"{_module_name(handle.fn)}:{handle.fn.__qualname__}"}
+            entry: dict[str, Any] = {"uses": self._uses(handle)}
             if arguments:
                 entry["with"] = arguments
             for key, value in options.items():
@@ -187,11 +194,27 @@ class FlowBuilder:
             steps[step_name] = entry
         return {"name": self.name, "params": dict(self.params), **_plain(self.options), "steps": steps}
 
+    def _uses(self, handle: StepHandle) -> str:
+        fn = handle.fn
+        if not shipping.must_ship(fn):
+            return f"{fn.__module__}:{fn.__qualname__}"
+        uses, source = shipping.ship(fn, handle.name, references=(RefExpr, StepHandle), builders=(FlowBuilder,))
+        self._shipped[uses] = source
+        return uses
+
     def spec(self, *, check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
         from fanflow.spec.loader import workflow_from_dict
 
-        return workflow_from_dict(self.to_dict(), source=self.source, positions=self._positions(),
-                                  check_imports=check_imports, _stack=_stack)
+        self._shipped: dict[str, str] = {}
+        data = self.to_dict()
+        # Shipped steps import the modules beside the notebook (or script), from its folder.
+        folders = [os.getcwd()] if self._shipped and self.source is None else []
+        workflow = workflow_from_dict(data, source=self.source, positions=self._positions(),
+                                      check_imports=check_imports, import_paths=folders, _stack=_stack)
+        if not self._shipped:
+            return workflow
+        code = {shipped_digest(uses): source for uses, source in self._shipped.items()}
+        return workflow.model_copy(update={"code": code})
 
     def _positions(self) -> Positions:
         table = {}

@@ -9,7 +9,8 @@ from fanflow.spec.model import Workflow
 
 def json_schema() -> dict[str, Any]:
     schema = Workflow.model_json_schema(by_alias=True, mode="validation")
-    schema.get("properties", {}).pop("source", None)
+    for internal in ("source", "import_paths", "code"):
+        schema.get("properties", {}).pop(internal, None)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "fanflow workflow"
     # Parameters may be written as a bare default value (`top_k: 2`).

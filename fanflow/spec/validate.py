@@ -16,6 +16,7 @@ from fanflow.spec.graph import fans_in, step_refs, upstream
 from fanflow.spec.model import Step, Workflow, type_name
 from fanflow.spec.positions import Positions
 from fanflow.spec.refs import ITEM, PARAMS, Ref, RefSyntaxError, whole_ref
+from fanflow.vocab.imports import shipped_digest
 
 
 def check(workflow: Workflow, positions: Positions | None = None, *, check_imports: bool = True) -> None:
@@ -31,6 +32,8 @@ def check(workflow: Workflow, positions: Positions | None = None, *, check_impor
     if not issues and check_imports:
         with importable_from(workflow.source, workflow.import_paths):
             for name, step in workflow.steps.items():
+                if shipped_digest(step.uses):
+                    continue  # shipped with the workflow, not imported by name
                 problem = missing_function(step.uses)
                 if problem:
                     issues.append(positions.issue(problem, ("steps", name, "uses")))

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from fanflow.stores.artifacts import ArtifactStore
+from fanflow.vocab.imports import shipped_digest
 from fanflow.vocab.units import parse_duration
 
 
@@ -45,6 +46,7 @@ def collect(project, *, keep: int = 20, older_than: str | None = None, dry_run: 
     keep_digests = store.referenced_digests()
     if dry_run:  # what the dropped runs alone reference would also go
         keep_digests = _still_referenced(store, report.runs)
+    keep_digests |= _shipped_code(store, set(report.runs))
     for digest, suffix, path in artifacts.iter_objects():
         if digest not in keep_digests:
             report.artifacts.append(digest)
@@ -64,4 +66,15 @@ def _still_referenced(store, dropped: list[str]) -> set[str]:
             continue
         digests |= {r["digest"] for r in store.lineage(row.id)}
     digests |= store.cached_digests(exclude_runs=dropped_set)
+    return digests
+
+
+def _shipped_code(store, dropped: set[str]) -> set[str]:
+    """The code shipped with the runs that stay (steps defined in a notebook): a resumed or
+    served run reads it again."""
+    digests: set[str] = set()
+    for row in store.list_runs(limit=10**9):
+        if row.id not in dropped:
+            steps = (row.spec or {}).get("steps", {}).values()
+            digests |= {shipped_digest(step.get("uses", "")) for step in steps} - {None}
     return digests
