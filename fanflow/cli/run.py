@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fanflow.cli.common import HomeOption, UsageError, err, escape, load, open_project, out, parse_params
+from fanflow.cli.common import HomeOption, err, escape, load, open_project, out, parse_params
 
 
 def run(
@@ -22,10 +22,14 @@ def run(
         bool, typer.Option("--serve", help="Keep services up after the run until Ctrl-C.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run's result as JSON.")] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Also copy every output here, under readable names (STEP/NAME.EXT)."),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Run a workflow and show every task as it goes."""
-    spec = load(workflow)
+    spec = load(workflow, home)
     _execute(
         spec,
         parse_params(param),
@@ -34,6 +38,7 @@ def run(
         cache=not no_cache,
         serve=serve,
         json_output=json_output,
+        out_dir=out_dir,
         home=home,
     )
 
@@ -48,6 +53,7 @@ def _execute(
     cache: bool = True,
     serve: bool = False,
     json_output: bool = False,
+    out_dir: Path | None = None,
     resume: str | None = None,
 ) -> None:
     from fanflow.cli.live import RunView
@@ -70,6 +76,8 @@ def _execute(
         result = runner.run()
     err.print(view.summary())
     _report(result, runner, project, json_output)
+    if out_dir is not None:
+        export(project, result.run_id, out_dir)
     if serve and result.state == "succeeded" and result.services:
         _keep_serving(runner, result)
     project.close()
@@ -132,6 +140,15 @@ def _report(result, runner, project, json_output: bool) -> None:
         err.print(f"inspect: fanflow show {result.run_id}   resume: fanflow resume {result.run_id}")
 
 
+def export(project, run_id: str, out_dir: Path) -> None:
+    """Copy a run's outputs under readable names, and say where."""
+    from fanflow.results import Run
+
+    written = Run.read(project, run_id).export(out_dir)
+    size = sum(f.size for f in written)
+    err.print(f"outputs: {len(written)} files ({size / 1e6:.1f} MB) under {out_dir}/", soft_wrap=True)
+
+
 def _show_report(step: str, value: Any) -> bool:
     """A result that holds a Markdown report (``{"markdown": file, ...}``) is shown as the
     report itself, with where its other files are."""
@@ -176,13 +193,7 @@ def resume(
     home: HomeOption = None,
 ) -> None:
     """Continue a failed, cancelled or interrupted run: finished tasks are reused."""
-    from fanflow.project import RunNotFound
-
-    project = open_project(home)
-    try:
-        spec, params, previous = project.resumable(run_id)
-    except RunNotFound as exc:
-        raise UsageError(str(exc)) from None
+    spec, params, previous = open_project(home).resumable(run_id)
     _execute(spec, params, home=home, executor=executor, cache=not no_cache, resume=previous)
 
 
@@ -192,11 +203,5 @@ def serve(
 ) -> None:
     """Bring a finished run's services (its selected models' servers and the gateway) back up
     from its artifacts, without retraining; print their URLs and serve until Ctrl-C."""
-    from fanflow.project import RunNotFound
-
-    project = open_project(home)
-    try:
-        spec, params, previous = project.servable(run_id)
-    except RunNotFound as exc:
-        raise UsageError(str(exc)) from None
+    spec, params, previous = open_project(home).servable(run_id)
     _execute(spec, params, home=home, serve=True, resume=previous)

@@ -41,13 +41,6 @@ def runs(
     out.print(table if rows else "no runs yet")
 
 
-def _run_row(project, run_id: str):
-    row = project.store.get_run(run_id)
-    if row is None:
-        raise UsageError(f"no run {run_id!r} in {project.db_url} (see: fanflow runs)")
-    return row
-
-
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
@@ -55,7 +48,7 @@ def show(
 ) -> None:
     """Show a run's tasks: states, attempts, durations, reuse and outputs."""
     project = open_project(home)
-    row = _run_row(project, run_id)
+    row = project.get_run(run_id)
     tasks = project.store.tasks(row.id)
     attempts = project.store.attempts(row.id)
     if json_output:
@@ -125,7 +118,7 @@ def logs(
     from fanflow.engine.runner import file_name
 
     project = open_project(home)
-    row = _run_row(project, run_id)
+    row = project.get_run(run_id)
     folder = Path(row.home or project.home) / "logs" / row.id
     tasks = project.store.tasks(row.id)
     if task is not None:
@@ -181,6 +174,38 @@ def _follow(project, run_id: str, folder: Path, tasks: list[dict], file_name) ->
             time.sleep(0.5)
     except KeyboardInterrupt:
         return
+
+
+def artifacts(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Copy every output here as STEP/NAME.EXT instead of listing them."),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """List a run's stored outputs (readable name, size, where the store keeps it), or copy
+    them under readable names with --out."""
+    from fanflow.cli.run import export
+    from fanflow.results import Run
+    from fanflow.stores.export import name_files
+    from fanflow.vocab.manifest import ARTIFACT_KEY
+
+    project = open_project(home)
+    if out_dir is not None:
+        export(project, run_id, out_dir)
+        return
+    run = Run.read(project, run_id)
+    store = project.artifacts()
+    listed = 0
+    for name, task in run.tasks.items():
+        for named in name_files(name, task.manifest)[0]:
+            ref = named.ref
+            where = store.location(ref[ARTIFACT_KEY], ref.get("suffix", ""))
+            out.print(f"{escape(str(named.path))}  {ref.get('size', 0) / 1e6:.2f} MB  {escape(where)}", soft_wrap=True)
+            listed += 1
+    if not listed:
+        err.print(f"run {run.id} stored no files (its outputs are plain values: fanflow show {run.id})")
 
 
 def gc(
