@@ -135,22 +135,35 @@ class CodeHasher:
             return None if text is None else _from_source(name, text, is_package=False)
         if modules.is_stdlib(name):
             return _Module(None)
+        top = name.split(".")[0]
+        if top != name:  # an installed package's modules all count as the package
+            package = self.module(top)
+            if package is None or package.tree is None:
+                return package
         found = modules.find(name, self.path + sys.path)
         if found is None:
             return None
         if modules.is_installed(found.origin):
-            pins = modules.distribution_versions(name.split(".")[0])
-            return _Module("installed:" + (",".join(pins) or name.split(".")[0]))
+            return _Module("installed:" + (",".join(modules.distribution_versions(top)) or top))
         if found.origin is None:  # a namespace package: its modules count, it has no code
             return _Module(None, ast.Module(body=[], type_ignores=[]), True, tuple(_parents(name)))
         path = Path(found.origin)
-        if path.suffix != ".py":
-            return _Module("file:" + hashlib.sha256(path.read_bytes()).hexdigest())
         try:
-            text = path.read_text(encoding="utf-8")
+            stat = path.stat()
+            seen = (name, str(path), stat.st_mtime_ns, stat.st_size)
+            if seen not in _READ:
+                if path.suffix != ".py":
+                    _READ[seen] = _Module("file:" + hashlib.sha256(path.read_bytes()).hexdigest())
+                else:
+                    _READ[seen] = _from_source(name, path.read_text(encoding="utf-8"), found.is_package)
+            return _READ[seen]
         except (OSError, UnicodeDecodeError):
             return _Module(f"unreadable:{name}")
-        return _from_source(name, text, found.is_package)
+
+
+# Modules already read by this process, by file and its modification time and size: a
+# notebook that runs its flow again reads only what changed.
+_READ: dict[tuple[str, str, int, int], _Module] = {}
 
 
 def _from_source(name: str, text: str, is_package: bool) -> _Module:

@@ -39,6 +39,7 @@ from fanflow.spec import conditions, graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Step, Workflow
 from fanflow.spec.refs import ITEM, PARAMS, whole_ref
+from fanflow.vocab.imports import shipped_digest
 
 POD_COMMAND = ["fanflow", "exec"]
 QUORUM_COMMAND = ["fanflow", "check-quorum"]
@@ -52,7 +53,7 @@ MAX_BACKOFF = "5m"  # the engine caps each wait between attempts at 300 s
 # What becomes of each field of a step on Argo ("refused ..." names when the export stops).
 STEP_FIELDS: dict[str, str] = {
     "uses": "the pod runs `fanflow exec --uses`; a service must use fanflow's model server or gateway "
-    "(refused otherwise)",
+    "(refused otherwise); refused: a step defined in a notebook (its code is not in the image)",
     "with_": "passed as a JSON template; the pod resolves its references as the engine does; "
     "refused: a key a service's server does not take",
     "fan_out": "static lists: withItems (a grid expanded at export); one axis from a step or a list "
@@ -89,6 +90,7 @@ WORKFLOW_FIELDS: dict[str, str] = {
     "its parent's steps by the time it is exported)",
     "source": "not exported: where the file came from",
     "import_paths": "not exported: folders on this machine; the image must make the step modules importable",
+    "code": "not exported: the source of steps defined in a notebook, whose uses the export refuses",
 }
 
 
@@ -253,6 +255,9 @@ class _Exporter:
     # -- planning: what each step needs, and what does not translate --------------------
     def _plan(self, name: str, step: Step) -> _StepPlan:
         plan = _StepPlan(name, argo_name(name), step)
+        if shipped_digest(step.uses):
+            self.refuse(name, "uses", "the step is defined in a notebook, so its code is in this machine's "
+                        "artifact store, not in the image; define it in a module the image holds")
         for ref, where in graph.step_refs(step):
             if where[0] != "with":
                 continue

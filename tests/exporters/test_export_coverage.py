@@ -11,6 +11,7 @@ from fanflow.exporters import argo, kserve
 from fanflow.spec.errors import SpecError
 from fanflow.spec.loader import workflow_from_dict
 from fanflow.spec.model import Step, Workflow
+from fanflow.vocab.imports import shipped_module
 
 BASE = {
     "a": {"uses": "m:f"},
@@ -22,7 +23,8 @@ SERVICE = {"uses": kserve.MODEL_SERVER, "kind": "service", "with": {"model": "${
 # field: (the step it is set on, base settings of that step, the setting, what must happen[,
 # other steps replaced])
 STEP_CASES: dict[str, list[tuple]] = {
-    "uses": [("c", {}, {"uses": "m:other"}, "changes"), ("c", SERVICE, {"uses": "m:serve"}, "refused")],
+    "uses": [("c", {}, {"uses": "m:other"}, "changes"), ("c", SERVICE, {"uses": "m:serve"}, "refused"),
+             ("c", {}, {"uses": shipped_module("sha256:" + "0" * 64) + ":h"}, "refused")],
     "with_": [
         ("c", {}, {"with": {"all": "${b[*]}", "k": 1}}, "changes"),
         ("c", SERVICE, {"with": {"x": 1}}, "refused"),
@@ -71,6 +73,7 @@ WORKFLOW_CASES: dict[str, tuple[dict, str]] = {
     "outputs": ({"outputs": {"total": "${c}"}}, "ignored"),
     "source": ({"source": "elsewhere.yaml"}, "ignored"),
     "import_paths": ({"import_paths": ["/opt/steps"]}, "ignored"),
+    "code": ({"code": {"sha256:" + "0" * 64: "def h():\n    return 1\n"}}, "ignored"),
 }
 NOT_TRANSLATED = ("not translated", "no effect", "not exported")
 

@@ -1,0 +1,48 @@
+"""Shipped code (steps defined where workers cannot import them): the workers read it from the
+artifact store, on every executor, and refuse it when its bytes no longer match its digest."""
+
+import hashlib
+
+import pytest
+
+import fanflow
+from fanflow.spec.loader import workflow_from_dict
+from fanflow.stores.artifacts import ArtifactStore
+from fanflow.vocab.imports import shipped_module
+
+SOURCE = "import math\n\n\ndef hypotenuse(a, b):\n    return math.hypot(a, b)\n"
+
+
+def shipped(source: str):
+    digest = "sha256:" + hashlib.sha256(source.encode()).hexdigest()
+    spec = workflow_from_dict({"name": "shipped", "steps": {
+        "h": {"uses": f"{shipped_module(digest)}:hypotenuse", "with": {"a": 3, "b": 4}}}})
+    return spec.model_copy(update={"code": {digest: source}}), digest
+
+
+def test_shipped_code_runs_in_the_workers(home, executor):
+    spec, digest = shipped(SOURCE)
+    assert fanflow.run(spec, home=home, executor=executor)["h"] == 5.0
+    assert ArtifactStore(home / "artifacts").read_bytes(digest, ".py").decode() == SOURCE
+
+
+def test_shipped_code_whose_bytes_changed_in_the_store_is_refused(home):
+    spec, digest = shipped(SOURCE)
+    fanflow.run(spec, home=home)
+    stored = ArtifactStore(home / "artifacts").path(digest, ".py")
+    stored.write_text(SOURCE.replace("math.hypot(a, b)", "math.hypot(a, b) * 100"))
+    with pytest.raises(fanflow.RunFailed, match="does not match its hash") as failed:
+        fanflow.run(spec, home=home, cache=False)
+    assert failed.value.run.tasks["h"].state == "failed"
+
+
+def test_shipped_code_missing_from_the_store_is_a_clear_error_on_resume(home):
+    spec, digest = shipped(SOURCE)
+    run = fanflow.run(spec, home=home)
+    ArtifactStore(home / "artifacts").delete(digest, ".py")
+    from fanflow.project import Project
+
+    project = Project(home)
+    workflow, _, _ = project.resumable(run.id)
+    with pytest.raises(fanflow.SpecError, match=r"the code of step 'h' .* is no longer in the artifact store"):
+        project.runner(workflow)
