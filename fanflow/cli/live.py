@@ -1,18 +1,24 @@
-"""The live view of a run: every task's state as it changes, then a summary."""
+"""The live view of a run: every task's state as it changes, then a summary.
+
+It stays cheap at any size: each event updates a few counters; only tasks worth a line of
+their own (running, retrying, serving or failed, or every task of a small run) are kept with
+their details. When the tasks do not fit the terminal, fanned-out steps fold into one line
+each with their counts by state. Lines never wrap: a task's name or the run id is never
+broken in two (so it can be copied); what does not fit is cut at the end of the line, after
+the name. Names are shown as they are, never read as markup.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
-from fanflow.vocab.states import Event, State
+from fanflow.vocab.states import Event
 
 STYLE = {
     "pending": "dim",
@@ -34,19 +40,26 @@ SYMBOL = {
     "skipped": "⤼",
     "cancelled": "■",
 }
-DETAILED_UP_TO = 30  # runs with at most this many tasks show every task
+DONE = frozenset({"succeeded", "failed", "skipped", "cancelled", "serving"})
+ACTIVE = ("running", "retrying", "serving")
+# Shown first: a short terminal shows what is going on now before what has finished.
+ORDER = {"running": 0, "retrying": 1, "serving": 2, "failed": 3, "pending": 4, "cancelled": 5, "skipped": 6,
+         "succeeded": 7}
+DETAILED_UP_TO = 30  # runs with at most this many tasks keep every task's details
+FAILED_KEPT = 50  # failed tasks of a large run whose errors are kept for the view
 
 
-@dataclass
 class TaskView:
-    name: str
-    step: str
-    state: str = "pending"
-    attempt: int = 0
-    started: float | None = None
-    ended: float | None = None
-    cached: bool = False
-    note: str = ""  # error, skip or cancel reason
+    __slots__ = ("attempt", "cached", "ended", "name", "note", "seq", "started", "state", "step")
+
+    def __init__(self, name: str, step: str, seq: int):
+        self.name, self.step, self.seq = name, step, seq
+        self.state = "pending"
+        self.attempt = 0
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.cached = False
+        self.note = ""  # error, skip or cancel reason
 
     @property
     def duration(self) -> float | None:
@@ -61,11 +74,17 @@ class RunView:
     def __init__(self, title: str, console: Console | None = None):
         self.title = title
         self.console = console or Console(stderr=True)
-        self.tasks: dict[str, TaskView] = {}
-        self.steps: dict[str, Counter] = {}
+        self.states: dict[str, str] = {}  # every task's state
+        self.steps: dict[str, Counter] = {}  # step -> tasks by state
+        self.views: dict[str, TaskView] = {}  # tasks worth a line of their own
+        self.failed_seen = 0
         self.started = time.time()
         self._lock = threading.Lock()
         self._live: Live | None = None
+
+    @property
+    def detailed(self) -> bool:
+        return len(self.states) <= DETAILED_UP_TO
 
     def __call__(self, events: list[Event]) -> None:
         with self._lock:
@@ -75,18 +94,28 @@ class RunView:
             self._print_plain(events)
 
     def _apply(self, event: Event) -> None:
-        view = self.tasks.get(event.task)
-        counts = self.steps.setdefault(event.step, Counter())
-        if view is None:
-            view = self.tasks[event.task] = TaskView(event.task, event.step)
-            counts["pending"] += 1
-        state = event.state.value
-        counts[view.state] -= 1
+        name, state = event.task, event.state.value
+        old = self.states.get(name)
+        counts = self.steps.get(event.step)
+        if counts is None:
+            counts = self.steps[event.step] = Counter()
+        if old is not None:
+            counts[old] -= 1
         counts[state] += 1
+        self.states[name] = state
+        view = self.views.get(name)
+        if view is None:
+            keep = state in ACTIVE or (state == "failed" and self.failed_seen < FAILED_KEPT)
+            if not (keep or self.detailed):
+                return
+            view = self.views[name] = TaskView(name, event.step, len(self.states))
+        elif not self.detailed and state in DONE and state not in ("failed", "serving"):
+            del self.views[name]  # a large run keeps no line for a task that ended well
+            return
         view.state, view.attempt = state, event.attempt
         if state == "running" and (view.started is None or (event.attempt > 1 and view.ended)):
             view.started, view.ended = event.time, None
-        if event.state in (State.SUCCEEDED, State.FAILED, State.SKIPPED, State.CANCELLED):
+        if state in DONE and state != "serving":
             view.ended = event.time
         view.cached = bool(event.detail.get("cached"))
         note = event.detail.get("error") or event.detail.get("reason")
@@ -94,6 +123,11 @@ class RunView:
             note = f"restarted ({event.detail['restart']}): {event.detail.get('error', '')}"
         if note:
             view.note = str(note)
+        if state == "failed":
+            self.failed_seen += 1
+        if len(self.states) == DETAILED_UP_TO + 1:  # the run just became large: drop what it need not keep
+            for other in [v for v in self.views.values() if v.state in DONE and v.state not in ("failed", "serving")]:
+                del self.views[other.name]
 
     # -- rendering ----------------------------------------------------------------------
     def __enter__(self) -> RunView:
@@ -109,71 +143,88 @@ class RunView:
             self._live.__exit__(*exc)
             self._live = None
 
-    def render(self):
+    def render(self) -> Group:
+        """What the terminal shows now: a header with the done/total counter, then a line per
+        task if they fit, else a line per step and the tasks running now, as many as fit."""
         with self._lock:
-            elapsed = time.time() - self.started
-            header = Text.assemble((f"{self.title}", "bold"), f"  {elapsed:5.1f}s")
-            body = self._task_table() if len(self.tasks) <= DETAILED_UP_TO else self._step_table(live=True)
-            return Group(header, body)
-
-    def _task_table(self) -> Table:
-        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-        for column in ("task", "state", "attempt", "time", "note"):
-            table.add_column(column, overflow="fold", max_width=80 if column == "note" else None)
-        for view in self.tasks.values():
-            table.add_row(*self._row(view))
-        return table
-
-    def _row(self, view: TaskView) -> list:
-        state = view.state + (" (cached)" if view.cached else "")
-        duration = view.duration
-        return [
-            Text(view.name),
-            Text(f"{SYMBOL.get(view.state, ' ')} {state}", style=STYLE.get(view.state, "")),
-            str(view.attempt or ""),
-            f"{duration:.1f}s" if duration is not None else "",
-            Text(_short(view.note), style="red" if view.state == "failed" else "dim"),
-        ]
-
-    def _step_table(self, live: bool = False) -> Group:
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        states = ["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
-        table.add_column("step")
-        table.add_column("done", justify="right")
-        for state in states:
-            table.add_column(state, justify="right", style=STYLE[state])
-        for step, counts in self.steps.items():
-            total = sum(v for v in counts.values() if v > 0)
-            done = sum(counts[s] for s in ("succeeded", "failed", "skipped", "cancelled", "serving"))
-            table.add_row(
-                step,
-                f"{done}/{total}",
-                *[str(counts[s] + (counts["retrying"] if s == "running" else 0) or "") for s in states],
-            )
-        extra = []
-        if live:
-            running = [v for v in self.tasks.values() if v.state in ("running", "retrying")][:8]
-            extra += [Text.assemble("  ", *(_cell(c) for c in self._row(v)[:4])) for v in running]
-        failed = [v for v in self.tasks.values() if v.state == "failed"][:8]
-        extra += [Text(f"  ✗ {v.name}: {_short(v.note)}", style="red") for v in failed]
-        return Group(table, *extra)
+            height = max(self.console.size.height - 1, 4)  # Live keeps the last line for the cursor
+            lines = [self._header()]
+            lines += self._body(height - 1)
+            return Group(*lines)
 
     def summary(self) -> Group:
+        """What stays on the screen after the run: every task of a small run, else a line per
+        step and the failures."""
         with self._lock:
-            if len(self.tasks) <= DETAILED_UP_TO:
-                return Group(self._task_table())
-            return self._step_table()
+            lines = self._task_lines(sorted(self.views.values(), key=lambda v: v.seq)) if self.detailed else (
+                self._step_lines() + self._task_lines(self._failed()))
+            return Group(*lines)
+
+    def _header(self) -> Text:
+        total = len(self.states)
+        done = sum(counts[s] for counts in self.steps.values() for s in DONE)
+        elapsed = time.time() - self.started
+        return _line(Text.assemble((self.title, "bold"), f"  {done}/{total} done  {elapsed:.1f}s"))
+
+    def _body(self, room: int) -> list[Text]:
+        views = sorted(self.views.values(), key=lambda v: (ORDER.get(v.state, 9), v.seq))
+        if self.detailed and len(views) <= room:
+            return self._task_lines(views)
+        steps = self._step_lines()
+        room -= len(steps)
+        shown = [v for v in views if v.state in ACTIVE or v.state == "failed"]
+        if len(shown) > room:
+            more = len(shown) - max(room - 1, 0)
+            shown = shown[: max(room - 1, 0)]
+            return steps + self._task_lines(shown) + [Text(f"  … and {more} more", style="dim")]
+        return steps + self._task_lines(shown)
+
+    def _step_lines(self) -> list[Text]:
+        width = max((len(step) for step in self.steps), default=0)
+        lines = []
+        for step, counts in self.steps.items():
+            total = sum(n for n in counts.values() if n > 0)
+            done = sum(counts[s] for s in DONE)
+            line = Text.assemble((step.ljust(width), "bold"), f"  {done:>{len(str(total))}}/{total}")
+            for state in ("running", "retrying", "serving", "succeeded", "failed", "skipped", "cancelled",
+                          "pending"):
+                if counts[state] > 0:
+                    line.append(f"  {SYMBOL[state]} {counts[state]} {state}", style=STYLE[state])
+            lines.append(_line(line))
+        return lines
+
+    def _failed(self) -> list[TaskView]:
+        return sorted((v for v in self.views.values() if v.state == "failed"), key=lambda v: v.seq)
+
+    def _task_lines(self, views: list[TaskView]) -> list[Text]:
+        width = max((len(v.name) for v in views), default=0)
+        return [self._task_line(v, width) for v in views]
+
+    def _task_line(self, view: TaskView, width: int) -> Text:
+        state = view.state + (" (cached)" if view.cached else "")
+        duration = view.duration
+        line = Text.assemble(
+            (f"{SYMBOL.get(view.state, ' ')} ", STYLE.get(view.state, "")),
+            view.name.ljust(width),
+            "  ",
+            (state.ljust(18), STYLE.get(view.state, "")),
+            f"{view.attempt or '':>2}  ",
+            f"{duration:6.1f}s" if duration is not None else " " * 7,
+        )
+        if view.note:
+            line.append(f"  {_short(view.note)}", style="red" if view.state == "failed" else "dim")
+        return _line(line)
 
     def _print_plain(self, events: list[Event]) -> None:
-        detailed = len(self.tasks) <= DETAILED_UP_TO
+        detailed = self.detailed
         for event in events:
             state = event.state.value
             if state in ("pending", "running"):
                 continue
             if detailed or state in ("failed", "retrying"):
-                view = self.tasks[event.task]
-                note = f": {_short(view.note)}" if view.note and state != "succeeded" else ""
-                cached = " (cached)" if view.cached else ""
+                view = self.views.get(event.task)
+                note = f": {_short(view.note)}" if view and view.note and state != "succeeded" else ""
+                cached = " (cached)" if view and view.cached else ""
                 self.console.print(
                     f"{SYMBOL.get(state, ' ')} {event.task} {state}{cached}{note}",
                     highlight=False,
@@ -181,9 +232,11 @@ class RunView:
                 )
 
 
-def _cell(value) -> Text:
-    text = value if isinstance(value, Text) else Text(str(value))
-    return Text.assemble(text, "  ")
+def _line(text: Text) -> Text:
+    """One screen line: never wrapped, cut at its end if too long."""
+    text.no_wrap = True
+    text.overflow = "ellipsis"
+    return text
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
-from fanflow.serving import wire
-from fanflow.serving.client import ClientError, V2Client
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fanflow.serving import wire
+    from fanflow.serving.client import V2Client
+
+# numpy and the serving client are imported when a command needs them: every other command
+# starts faster without them.
 
 BATCH = 32  # clips per request
 
@@ -35,6 +40,8 @@ class ClipError(Exception):
 def read_clips(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The clips in ``path`` as float32 (k, T, H, W): a ``.npy`` file holds one clip (T, H, W)
     or several (k, T, H, W); any other file is a video, decoded by ``fanflow.ml.video``."""
+    import numpy as np
+
     path = Path(path)
     if not path.is_file():
         raise ClipError(f"{path}: no such file")
@@ -73,6 +80,9 @@ def _provenance(batch: wire.TagBatch, model: str) -> list[list[dict]]:
 
 
 def _ask(client: V2Client, clips: np.ndarray) -> tuple[list[list[str]], list[list[dict]], dict]:
+    from fanflow.serving import wire
+    from fanflow.serving.client import ClientError
+
     model = client.model_name()
     tags, provenance, failed = [], [], {}
     for start in range(0, len(clips), BATCH):
@@ -90,6 +100,10 @@ def _ask(client: V2Client, clips: np.ndarray) -> tuple[list[list[str]], list[lis
 def tag_files(url: str, clip_files: list[Path], as_json: bool = False) -> int:
     """Tag the clips in ``clip_files`` with the model at ``url``; print a table (or JSON).
     Returns the exit code: 0, or 1 with one line on stderr when a file or the server fails."""
+    import numpy as np
+
+    from fanflow.serving.client import ClientError, V2Client
+
     try:
         with V2Client(url) as client:
             shape = client.input_shape()

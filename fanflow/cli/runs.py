@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -41,6 +41,10 @@ def runs(
     out.print(table if rows else "no runs yet")
 
 
+FOLD_OVER = 20  # a step with more tasks than this shows one line of counts, and its notable tasks
+NOTABLE_SHOWN = 20  # of a folded step: tasks that failed, were retried or did not finish
+
+
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
@@ -49,58 +53,84 @@ def show(
     """Show a run's tasks: states, attempts, durations, reuse and outputs."""
     project = open_project(home)
     row = project.get_run(run_id)
-    tasks = project.store.tasks(row.id)
-    attempts = project.store.attempts(row.id)
     if json_output:
+        tasks = project.store.tasks(row.id)
+        attempts = project.store.attempts(row.id)
         print(json.dumps({"run": row.__dict__, "tasks": tasks, "attempts": attempts}, indent=2, default=str))
         return
-    from fanflow.cli.live import STYLE, SYMBOL
+    from fanflow.cli.live import STYLE
     from fanflow.stores.artifacts import ArtifactStore
-    from fanflow.stores.values import locations
 
     artifacts = ArtifactStore(project.artifacts_url)
-
-    by_task: dict[str, list] = {}
-    for attempt in attempts:
-        by_task.setdefault(attempt["task"], []).append(attempt)
     duration = f"{row.duration:.1f}s" if row.duration is not None else "-"
-    tree = Tree(
-        f"[bold]{row.workflow}[/] run {row.id}: [{STYLE.get(row.state, 'red')}]{row.state}[/] in {duration}"
-        + (f" (resumes {row.resumed_from})" if row.resumed_from else "")
-    )
+    title = Text.assemble((row.workflow, "bold"), f" run {row.id}: ", (row.state, STYLE.get(row.state, "red")),
+                          f" in {duration}")
+    if row.resumed_from:
+        title.append(f" (resumes {row.resumed_from})")
+    tree = Tree(_unwrapped(title))
     if row.params:
-        tree.add("params: " + json.dumps(row.params, default=str))
-    steps: dict[str, Any] = {}
-    for task in tasks:
-        branch = steps.get(task["step"])
-        if branch is None:
-            branch = steps[task["step"]] = tree.add(f"[bold]{task['step']}[/]")
-        took = ""
-        if task["started"] and task["ended"]:
-            took = f" {task['ended'] - task['started']:.2f}s"
-        reused = " (reused)" if task["cached"] else ""
-        line = (
-            f"[{STYLE.get(task['state'], '')}]{SYMBOL.get(task['state'], '')} {task['name']}[/] "
-            f"{task['state']}{reused} attempts={task['attempts']}{took}"
-        )
-        node = branch.add(line)
-        if task["error"]:
-            node.add(f"[red]{escape(task['error'])[:500]}[/]")
-        elif task["reason"]:
-            node.add(f"[dim]{escape(task['reason'])}[/]")
-        if task["output"] is not None:
-            text = json.dumps(locations(task["output"], artifacts), default=str)
-            node.add(f"[dim]output: {escape(text[:300])}{'…' if len(text) > 300 else ''}[/]")
-        for attempt in by_task.get(task["name"], []) if task["attempts"] > 1 else []:
-            node.add(
-                f"attempt {attempt['attempt']}: {attempt['state']}"
-                + (
-                    f" ({attempt['exit_reason']}) {escape(attempt['error'] or '')[:200]}"
-                    if attempt["error"]
-                    else ""
-                )
-            )
+        tree.add(Text("params: " + json.dumps(row.params, default=str)))
+    for step, counts in project.store.step_counts(row.id).items():
+        total = sum(counts.values())
+        if total <= FOLD_OVER:
+            branch = tree.add(Text(step, style="bold"))
+            shown = project.store.tasks(row.id, step=step)
+        else:
+            branch = tree.add(_counts_line(step, counts))
+            shown = project.store.tasks(row.id, step=step, notable=True, limit=NOTABLE_SHOWN + 1)
+            if len(shown) > NOTABLE_SHOWN:
+                shown = shown[:NOTABLE_SHOWN]
+                more = total - counts.get("succeeded", 0) - NOTABLE_SHOWN
+                branch.add(Text(f"… and {more} more that did not simply succeed", style="dim"))
+        for task in shown:
+            _task_node(branch, task, project, row.id, artifacts)
     out.print(tree)
+
+
+def _unwrapped(text: Text) -> Text:
+    """A line that is never wrapped (names and run ids stay whole, to be copied): what does
+    not fit the terminal is cut at its end."""
+    text.no_wrap = True
+    text.overflow = "ellipsis"
+    return text
+
+
+def _counts_line(step: str, counts: dict[str, int]) -> Text:
+    from fanflow.cli.live import STYLE, SYMBOL
+
+    line = Text.assemble((step, "bold"), f": {sum(counts.values())} tasks")
+    for state in ("running", "retrying", "serving", "succeeded", "failed", "skipped", "cancelled", "pending"):
+        if counts.get(state):
+            line.append(f"  {SYMBOL[state]} {counts[state]} {state}", style=STYLE[state])
+    return _unwrapped(line)
+
+
+def _task_node(branch, task: dict, project, run_id: str, artifacts) -> None:
+    from fanflow.cli.live import STYLE, SYMBOL
+    from fanflow.stores.values import locations
+
+    took = ""
+    if task["started"] and task["ended"]:
+        took = f" {task['ended'] - task['started']:.2f}s"
+    reused = " (reused)" if task["cached"] else ""
+    style = STYLE.get(task["state"], "")
+    node = branch.add(_unwrapped(Text.assemble(
+        (f"{SYMBOL.get(task['state'], '')} {task['name']}", style),
+        f" {task['state']}{reused} attempts={task['attempts']}{took}",
+    )))
+    if task["error"]:
+        node.add(Text(task["error"][:500], style="red"))
+    elif task["reason"]:
+        node.add(Text(task["reason"], style="dim"))
+    if task["output"] is not None:
+        text = json.dumps(locations(task["output"], artifacts), default=str)
+        node.add(Text(f"output: {text[:300]}{'…' if len(text) > 300 else ''}", style="dim"))
+    if task["attempts"] > 1:
+        for attempt in project.store.attempts(run_id, task["name"]):
+            line = f"attempt {attempt['attempt']}: {attempt['state']}"
+            if attempt["error"]:
+                line += f" ({attempt['exit_reason']}) {(attempt['error'] or '')[:200]}"
+            node.add(Text(line))
 
 
 def logs(

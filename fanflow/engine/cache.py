@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fanflow.engine.core import Task
 from fanflow.executors.base import TaskSpec
 from fanflow.vocab import modules
 from fanflow.vocab.imports import shipped_digest
@@ -278,7 +277,10 @@ def cache_key(code: str, inputs: Any, resources: dict[str, Any] | None = None) -
 
 
 class StoreMemo:
-    """Reuses outputs from the run store's cache and, on resume, from the run resumed."""
+    """Reuses outputs from the run store's cache and, on resume, from the run resumed.
+
+    The runner asks for each task's key once (when the task becomes ready) and looks up the
+    tasks that became ready together in one batch."""
 
     def __init__(
         self,
@@ -294,34 +296,28 @@ class StoreMemo:
         self.previous = previous or {}  # task name -> {"cache_key", "output"} of the resumed run
         self.code = code or CodeHasher()
         self.no_cache_steps = no_cache_steps or set()
-        self.keys: dict[str, str] = {}
 
     @property
     def active(self) -> bool:
         return self.use_cache or bool(self.previous)
 
-    def key(self, task: Task, spec: TaskSpec) -> str:
-        key = self.keys.get(task.name)
-        if key is None:
-            key = cache_key(self.code.for_task(spec.uses, spec.inputs), spec.inputs, {"gpus": spec.gpus})
-            self.keys[task.name] = key
-        return key
+    def key(self, spec: TaskSpec) -> str:
+        return cache_key(self.code.for_task(spec.uses, spec.inputs), spec.inputs, {"gpus": spec.gpus})
 
-    def lookup_many(self, batch: list[tuple[Task, TaskSpec]]) -> dict[str, Any]:
-        """Outputs that tasks of ``batch`` can reuse, by task name."""
+    def lookup(self, wanted: list[tuple[TaskSpec, str]]) -> dict[str, Any]:
+        """Outputs that tasks of ``wanted`` (spec, key) can reuse, by task name."""
         found: dict[str, Any] = {}
-        wanted: dict[str, list[str]] = {}
-        for task, spec in batch:
+        by_key: dict[str, list[str]] = {}
+        for spec, key in wanted:
             if spec.kind == "service":
                 continue
-            key = self.key(task, spec)
-            earlier = self.previous.get(task.name)
+            earlier = self.previous.get(spec.task)
             if earlier and earlier.get("cache_key") == key:
-                found[task.name] = earlier["output"]
-            elif self.use_cache and task.step not in self.no_cache_steps:
-                wanted.setdefault(key, []).append(task.name)
-        if wanted:
-            for key, output in self.store.cached_outputs(wanted).items():
-                for name in wanted[key]:
+                found[spec.task] = earlier["output"]
+            elif self.use_cache and spec.step not in self.no_cache_steps:
+                by_key.setdefault(key, []).append(spec.task)
+        if by_key:
+            for key, output in self.store.cached_outputs(by_key).items():
+                for name in by_key[key]:
                     found[name] = output
         return found

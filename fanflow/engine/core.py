@@ -1,10 +1,38 @@
 """The scheduling core: a pure state machine, no I/O, no threads, no clock.
 
-It expands fan-outs (dynamic ones once their input arrives), says which tasks may start now
-within the limits and resources, and takes each task's result. Every executor is driven by
-the same core: the caller hands out what ``next_tasks`` returns and reports back with
-``succeeded`` / ``failed`` / ``cancelled``. Every state change is appended to ``events`` for
-the caller to record before it acts.
+It is driven the way ``graphlib.TopologicalSorter`` is: the caller asks, the core answers
+with frozen records (``Task``), the caller reports back, and the core never calls out::
+
+    core = Scheduler(plan, capacity)
+    core.start(now)
+    while not core.done:
+        for task in core.ready(now):      # newly ready: inputs resolved, nothing started
+            ...                           # found in a cache? core.reused(task.name, output, now)
+        for task in core.admit(now):      # start these now: they fit the limits
+            ...                           # hand them to an executor
+        ...                               # core.succeeded / failed / cancelled / serving /
+                                          # restarted / service_stopped, as results come
+        for name in core.stops(): ...     # stop these, then report them cancelled
+        events = core.events()            # record them before acting on them
+
+Misuse (a result for a task that is not running, reuse of a task that has started, a name
+the core never handed out) raises ValueError.
+
+The state, as plain data (in the manner of ``dask/local.py``):
+
+- ``_Node``, one per task: its name, step run, position among the step's branches, state,
+  attempt, inputs (from when it is handed out until it ends), output, error, reason, and
+  whether it was reused.
+- ``_StepRun``, one per step: its plan, the steps it still waits for, its nodes once
+  expanded (a fan-out's items are computed from its axes when asked, not stored), the
+  frontier (nodes never handed out), the queue (handed out or due for a retry, waiting for
+  admission), and the counters that admission, quorum and settling read (running, settled,
+  succeeded, lost, the failed nodes).
+- the scheduler: resources in use, tasks running, the retry heap, stop requests, events.
+
+The decisions are the small methods below: expansion (``_activate``), resolution
+(``_lookup``), quorum (``_tally``, with the arithmetic in ``quorum``), admission (``admit``)
+and the transitions of the state machine.
 """
 
 from __future__ import annotations
@@ -13,11 +41,10 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
-from fanflow.engine.naming import branches
+from fanflow.engine.naming import branch_names, item_at
 from fanflow.engine.plan import Plan, StepPlan
 from fanflow.engine.quorum import Tally
 from fanflow.engine.resolve import ResolveError, descend
@@ -26,61 +53,104 @@ from fanflow.spec.refs import ITEM, PARAMS, Ref, substitute, whole_ref
 from fanflow.vocab.states import OK, TERMINAL, Event, State
 
 MAX_BACKOFF = 300.0
-LIGHT_SHARE = 16  # tasks of a light step in flight per core
+WINDOW = 4096  # tasks handed out by ready() and not yet started, at most
 
 
-@dataclass(eq=False, slots=True)
-class Task:
+class Task(NamedTuple):
+    """A task as the core saw it when it handed this record out: a copy that never changes."""
+
     name: str  # e.g. train[model=cnn]
     step: str
     index: int  # position among the step's branches (declared order)
-    item: dict[str, Any] | None = None
-    state: State = State.PENDING
-    attempt: int = 0
-    inputs: dict[str, Any] | None = None
-    output: Any = None
-    error: str | None = None
-    reason: str | None = None  # why it was skipped or cancelled
-    not_before: float = 0.0
-    cached: bool = False
-    held: dict[str, float] | None = None  # resources admitted with, released when it ends
+    item: dict[str, Any] | None
+    state: State
+    attempt: int
+    inputs: dict[str, Any] | None
+    output: Any
+    error: str | None
+    reason: str | None  # why it was skipped or cancelled
+    cached: bool  # its output was reused, not computed
 
 
-@dataclass(eq=False)
+class _Node:
+    __slots__ = ("attempt", "cached", "error", "held", "index", "inputs", "name", "offered", "output",
+                 "reason", "run", "state")
+
+    def __init__(self, name: str, run: _StepRun, index: int):
+        self.name = name
+        self.run = run
+        self.index = index
+        self.state = State.PENDING
+        self.attempt = 0
+        self.inputs: dict[str, Any] | None = None
+        self.output: Any = None
+        self.error: str | None = None
+        self.reason: str | None = None
+        self.cached = False
+        self.offered = False  # handed out by ready()
+        self.held: dict[str, float] | None = None  # resources admitted with, given back when it ends
+
+    def record(self) -> Task:
+        run = self.run
+        return Task(self.name, run.name, self.index, run.item(self.index), self.state, self.attempt,
+                    self.inputs, self.output, self.error, self.reason, self.cached)
+
+
 class _StepRun:
-    plan: StepPlan
-    waiting: set[str]
-    tasks: list[Task] | None = None
-    ready: deque = field(default_factory=deque)
-    unoffered: list = field(default_factory=list)  # ready tasks not yet offered for reuse
-    running: int = 0
-    n_ok: int = 0
-    n_failed: int = 0
-    n_terminal: int = 0
-    outcome: str | None = None  # succeeded / failed / skipped / cancelled, once settled
-    activated: bool = False
+    __slots__ = ("activated", "axes", "failed", "frontier", "lost", "name", "needs", "ok", "outcome", "plan",
+                 "queue", "running", "settled", "tasks", "waiting")
 
+    def __init__(self, plan: StepPlan):
+        self.plan = plan
+        self.name = plan.name
+        self.waiting = set(plan.upstream)  # upstream steps not settled yet
+        self.tasks: list[_Node] | None = None
+        self.axes: dict[str, list] | None = None  # a fan-out's axes, once known
+        self.frontier = 0  # tasks[frontier:] were never handed out
+        self.queue: deque[_Node] = deque()  # handed out or due for a retry, waiting for admission
+        self.needs: dict[int, dict[str, float]] = {}  # resources per task, by light share
+        self.running = 0
+        self.settled = 0  # tasks that ended or are serving
+        self.ok = 0  # of those, the ones that succeeded or are serving
+        self.lost = 0  # tasks that ended without succeeding
+        self.failed: list[_Node] = []
+        self.outcome: str | None = None  # succeeded / failed / skipped / cancelled, once settled
+        self.activated = False
 
-Reuse = Callable[[list["Task"]], dict[str, tuple[Any, dict[str, Any]]]]
+    def item(self, index: int) -> dict[str, Any] | None:
+        return item_at(self.axes, index) if self.axes is not None else None
+
+    def need(self, share: int) -> dict[str, float]:
+        need = self.needs.get(share)
+        if need is None:
+            res = self.plan.resources
+            need = self.needs[share] = {
+                k: v for k, v in (("cpus", res.cpus / share), ("gpus", res.gpus),
+                                  ("memory", (res.memory or 0) / share)) if v
+            }
+        return need
 
 
 class Scheduler:
-    def __init__(self, plan: Plan, capacity: dict[str, float] | None = None):
+    def __init__(self, plan: Plan, capacity: dict[str, float] | None = None, window: int = WINDOW):
         self.plan = plan
         self.params = plan.params
         self.capacity = {"cpus": math.inf, "gpus": math.inf, "memory": math.inf, **(capacity or {})}
         self.used = {"cpus": 0.0, "gpus": 0.0, "memory": 0.0}
         self.limit = plan.workflow.parallelism or math.inf
-        self.steps = {name: _StepRun(p, set(p.upstream)) for name, p in plan.steps.items()}
-        self.tasks: dict[str, Task] = {}
-        self.events: list[Event] = []
+        self.window = window
+        self.steps = {name: _StepRun(p) for name, p in plan.steps.items()}
         self.running = 0  # tasks running (services that are up are not counted)
-        self._retry_heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._to_stop: list[str] = []
         self.aborted: str | None = None  # why the run stopped handing out work
         self.cancelled_by_user = False
-        self.failures: list[Task] = []  # failures that no quorum tolerates
+        self._nodes: dict[str, _Node] = {}
+        self._events: list[Event] = []
+        self._stops: list[str] = []
+        self._retry_heap: list[tuple[float, int, _Node]] = []
+        self._seq = itertools.count()
+        self._waiting = 0  # handed out by ready(), neither started nor ended
+        self._failures: list[_Node] = []  # failures that no quorum tolerates
+        self._restarts: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -100,222 +170,274 @@ class Scheduler:
     def outcome(self) -> str:
         if self.cancelled_by_user:
             return "cancelled"
-        return "failed" if self.failures else "succeeded"
+        return "failed" if self._failures else "succeeded"
+
+    @property
+    def failures(self) -> list[Task]:
+        """Failures that no quorum tolerates, in the order they happened."""
+        return [node.record() for node in self._failures]
 
     def next_wakeup(self) -> float | None:
         return self._retry_heap[0][0] if self._retry_heap else None
 
-    def drain_events(self) -> list[Event]:
-        events, self.events = self.events, []
+    def events(self) -> list[Event]:
+        """Every change of state since the last call, in order: record them before acting."""
+        events, self._events = self._events, []
         return events
 
-    def drain_stop_requests(self) -> list[str]:
+    def stops(self) -> list[str]:
         """Running tasks the caller must stop (a fail-fast or a cancel); report each back with
         ``cancelled``."""
-        stop, self._to_stop = self._to_stop, []
-        return stop
+        stops, self._stops = self._stops, []
+        return stops
+
+    # -- reading ------------------------------------------------------------------------
+    @property
+    def tasks(self) -> TaskTable:
+        return TaskTable(self._nodes, self.steps)
+
+    def task(self, name: str) -> Task:
+        return self._node(name).record()
+
+    def state(self, name: str) -> State:
+        return self._node(name).state
+
+    def attempt(self, name: str) -> int:
+        return self._node(name).attempt
+
+    def _node(self, name: str) -> _Node:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise ValueError(f"no task {name!r} in this run") from None
 
     # -- handing out work ---------------------------------------------------------------
-    def next_tasks(
-        self, now: float, reuse: Reuse | None = None, light: frozenset[str] = frozenset()
-    ) -> list[Task]:
-        """Tasks that may start now, marked running. Their ``inputs`` are resolved.
+    def ready(self, now: float) -> list[Task]:
+        """Tasks that became ready since the last call, in declared order, their inputs
+        resolved; none has started. The caller may report any of them ``reused``; the rest
+        wait for ``admit``. At most ``window`` tasks wait so at a time: the others are
+        handed out as those start."""
+        offered: list[Task] = []
+        for run in self.steps.values():
+            tasks = run.tasks
+            while tasks is not None and run.frontier < len(tasks) and self._waiting < self.window:
+                if self.aborted:
+                    return offered
+                node = tasks[run.frontier]
+                run.frontier += 1
+                if node.state is not State.PENDING:
+                    continue
+                try:
+                    node.inputs = substitute(run.plan.step.with_, lambda ref, n=node, r=run: self._lookup(ref, n, r))
+                except ResolveError as exc:
+                    node.attempt += 1
+                    self._final_failure(node, str(exc), now)
+                    continue
+                node.offered = True
+                self._waiting += 1
+                run.queue.append(node)
+                offered.append(node.record())
+        return offered
 
-        ``reuse`` (optional) is asked once about each newly ready task, before admission, for
-        an earlier output to reuse (the cache, a resumed run); those tasks succeed at once and
-        take no capacity. Steps in ``light`` have proven to be made of tiny tasks: each is
-        admitted at 1/LIGHT_SHARE of its resources, so that more are in flight and an
+    def admit(self, now: float, light: Mapping[str, int] | None = None) -> list[Task]:
+        """Tasks to start now, each marked running with its attempt number: tasks handed out
+        by ``ready`` and retries that are due, within the capacity, the workflow's and the
+        steps' parallelism. A step in ``light`` has proven to be made of tiny tasks: each of
+        its tasks is admitted at 1/share of its resources, so that more are in flight and an
         executor can queue them behind one another instead of leaving a core idle."""
         if self.aborted:
             return []
         while self._retry_heap and self._retry_heap[0][0] <= now:
-            _, _, name = heapq.heappop(self._retry_heap)
-            task = self.tasks[name]
-            if task.state is State.RETRYING:
-                self.steps[task.step].ready.append(task)
+            node = heapq.heappop(self._retry_heap)[2]
+            if node.state is State.RETRYING:
+                node.run.queue.append(node)
         started: list[Task] = []
+        used, capacity = self.used, self.capacity
         for run in self.steps.values():
-            if run.unoffered:
-                if reuse is not None:
-                    self._offer_reuse(run, now, reuse)
-                run.unoffered = []
-            if not run.ready:
+            queue = run.queue
+            if not queue:
                 continue
-            res = run.plan.resources
-            share = LIGHT_SHARE if run.plan.name in light else 1
-            need = {"cpus": res.cpus / share, "gpus": res.gpus, "memory": (res.memory or 0) / share}
+            need = run.need(light.get(run.name, 1) if light else 1)
             step_limit = run.plan.step.parallelism or math.inf
-            service = run.plan.step.kind == "service"
-            while run.ready:
+            service = run.plan.service
+            while queue:
                 if not service and self.running >= self.limit:
                     return started
-                if run.running >= step_limit or not self._fits(need):
+                if run.running >= step_limit or any(used[k] + v > capacity[k] + 1e-9 for k, v in need.items()):
                     break
-                task = run.ready.popleft()
-                if task.state not in (State.PENDING, State.RETRYING):
-                    continue
-                if task.inputs is None:
-                    try:
-                        task.inputs = self._resolve_inputs(run, task)
-                    except ResolveError as exc:
-                        task.attempt += 1
-                        self._final_failure(task, str(exc), now)
-                        continue
+                node = queue.popleft()
+                if node.state is State.PENDING:
+                    self._waiting -= 1
+                elif node.state is not State.RETRYING:
+                    continue  # reused, skipped or cancelled while it waited
                 for key, amount in need.items():
-                    self.used[key] += amount
-                task.held = need
+                    used[key] += amount
+                node.held = need
                 run.running += 1
                 if not service:
                     self.running += 1
-                task.attempt += 1
-                task.state = State.RUNNING
-                self._emit(task, now)
-                started.append(task)
-                if self.aborted:
-                    return started
+                node.attempt += 1
+                node.state = State.RUNNING
+                self._emit(node, now)
+                started.append(node.record())
         return started
 
-    def _offer_reuse(self, run: _StepRun, now: float, reuse: Reuse) -> None:
-        fresh = []
-        for task in run.unoffered:
-            if task.state is State.PENDING and task.inputs is None:
-                try:
-                    task.inputs = self._resolve_inputs(run, task)
-                except ResolveError as exc:
-                    task.attempt += 1
-                    task.state = State.RUNNING
-                    self._final_failure(task, str(exc), now)
-                    continue
-                fresh.append(task)
-        if not fresh:
-            return
-        found = reuse(fresh)
-        if not found:
-            return
-        for task in fresh:
-            if task.name in found:
-                output, detail = found[task.name]
-                task.attempt = 1
-                task.state = State.RUNNING
-                self._emit(task, now)
-                task.state, task.output, task.cached = State.SUCCEEDED, output, True
-                self._emit(task, now, output=output, cached=True, **detail)
-                self._branch_done(task, now, ok=True)
-
-    def _fits(self, need: dict[str, float]) -> bool:
-        return all(self.used[k] + v <= self.capacity[k] + 1e-9 for k, v in need.items() if v)
+    def reused(self, name: str, output: Any, now: float, **detail: Any) -> None:
+        """A task handed out by ``ready`` takes an earlier output (the cache, a resumed run)
+        instead of running: it succeeds at once and holds no capacity."""
+        node = self._node(name)
+        if node.state is not State.PENDING or not node.offered or node.attempt:
+            raise ValueError(f"{name} cannot be reused: it is {node.state}, not a task handed out by "
+                             "ready() that has not started")
+        self._waiting -= 1
+        node.attempt = 1
+        node.state = State.RUNNING
+        self._emit(node, now)
+        node.output, node.cached = output, True
+        self._settle_node(node, State.SUCCEEDED)
+        self._emit(node, now, output=output, cached=True, **detail)
+        self._branch_done(node, now)
 
     # -- taking results -----------------------------------------------------------------
-    def succeeded(self, name: str, output: Any, now: float, *, cached: bool = False, **detail: Any) -> None:
-        task = self.tasks[name]
-        if task.state is not State.RUNNING:
-            return
-        self._release(task)
-        task.state, task.output, task.cached, task.error = State.SUCCEEDED, output, cached, None
-        self._emit(task, now, output=output, cached=cached, **detail)
-        self._branch_done(task, now, ok=True)
+    def succeeded(self, name: str, output: Any, now: float, **detail: Any) -> None:
+        node = self._expect(name, (State.RUNNING,), "succeed")
+        self._release(node)
+        node.output, node.error = output, None
+        self._settle_node(node, State.SUCCEEDED)
+        self._emit(node, now, output=output, **detail)
+        self._branch_done(node, now)
 
     def serving(self, name: str, endpoint: Any, now: float) -> None:
-        """A service task is up: its endpoint is its output; it keeps its resources."""
-        task = self.tasks[name]
-        if task.state is not State.RUNNING:
-            return
-        task.state, task.output = State.SERVING, endpoint
-        self._emit(task, now, output=endpoint)
-        self._branch_done(task, now, ok=True)
+        """A service task is up: its endpoint is its output; it keeps its resources (and its
+        place in the step's parallelism) until it is stopped."""
+        node = self._expect(name, (State.RUNNING,), "start serving")
+        node.output = endpoint
+        self._settle_node(node, State.SERVING)
+        self._emit(node, now, output=endpoint)
+        self._branch_done(node, now)
+
+    def restarted(self, name: str, now: float, error: str) -> Task | None:
+        """A service that was up died. Returns the record to start it again with (its next
+        attempt), or None when its restarts are spent: then it has failed."""
+        node = self._expect(name, (State.SERVING,), "restart")
+        allowed = node.run.plan.step.restarts
+        count = self._restarts.get(name, 0) + 1
+        if count > allowed or self.aborted:
+            self.service_stopped(name, now, error=f"{error} (gave up after {allowed} restarts)")
+            return None
+        self._restarts[name] = count
+        node.attempt += 1
+        self._emit(node, now, restart=count, error=error)
+        return node.record()
 
     def service_stopped(self, name: str, now: float, error: str | None = None) -> None:
         """A service that was up has been stopped at the end of the run (or died for good)."""
-        task = self.tasks[name]
-        if task.state is not State.SERVING:
-            return
-        self._release(task)
+        node = self._expect(name, (State.SERVING,), "stop serving")
+        self._release(node)
         if error:
-            task.state, task.error = State.FAILED, error
-            self._emit(task, now, error=error)
-            self.failures.append(task)
+            node.error = error
+            self._settle_node(node, State.FAILED)
+            self._emit(node, now, error=error)
+            self._failures.append(node)
         else:
-            task.state = State.SUCCEEDED
-            self._emit(task, now)
+            self._settle_node(node, State.SUCCEEDED)
+            self._emit(node, now)
 
     def failed(self, name: str, error: str, now: float, *, retryable: bool = True, **detail: Any) -> None:
-        task = self.tasks[name]
-        if task.state is not State.RUNNING:
+        node = self._expect(name, (State.RUNNING,), "fail")
+        self._release(node)
+        step = node.run.plan.step
+        if retryable and node.attempt <= step.retries and not self.aborted:
+            retry_at = now + min(step.retry_backoff * 2 ** (node.attempt - 1), MAX_BACKOFF)
+            node.state, node.error = State.RETRYING, error
+            heapq.heappush(self._retry_heap, (retry_at, next(self._seq), node))
+            self._emit(node, now, error=error, retry_at=retry_at, **detail)
             return
-        self._release(task)
-        retries = self.steps[task.step].plan.step.retries
-        if retryable and task.attempt <= retries and not self.aborted:
-            backoff = self.steps[task.step].plan.step.retry_backoff * 2 ** (task.attempt - 1)
-            task.state, task.error = State.RETRYING, error
-            task.not_before = now + min(backoff, MAX_BACKOFF)
-            heapq.heappush(self._retry_heap, (task.not_before, next(self._seq), name))
-            self._emit(task, now, error=error, retry_at=task.not_before, **detail)
-            return
-        self._final_failure(task, error, now, **detail)
+        self._final_failure(node, error, now, **detail)
 
     def cancelled(self, name: str, now: float, reason: str) -> None:
-        """A running task was stopped (by ``drain_stop_requests``)."""
-        task = self.tasks[name]
-        if task.state not in (State.RUNNING, State.SERVING):
-            return
-        self._release(task)
-        task.state, task.reason = State.CANCELLED, reason
-        self._emit(task, now, reason=reason)
-        self._branch_done(task, now, ok=False)
+        """A running task (or a service) was stopped, as ``stops`` asked."""
+        node = self._expect(name, (State.RUNNING, State.SERVING), "be cancelled")
+        self._release(node)
+        node.reason = reason
+        self._settle_node(node, State.CANCELLED)
+        self._emit(node, now, reason=reason)
+        self._branch_done(node, now)
 
     def cancel(self, now: float, reason: str) -> None:
         """Stop the run: nothing new starts; running tasks are to be stopped."""
         self.cancelled_by_user = True
         self._abort(now, reason)
 
-    def _release(self, task: Task) -> None:
-        run = self.steps[task.step]
-        for key, amount in (task.held or {}).items():
-            self.used[key] -= amount
-        task.held = None
+    def _expect(self, name: str, states: tuple[State, ...], what: str) -> _Node:
+        node = self._node(name)
+        if node.state not in states:
+            raise ValueError(f"{name} cannot {what}: it is {node.state}, not {' or '.join(states)}")
+        return node
+
+    def _release(self, node: _Node) -> None:
+        """A task that ran (or served) ends: it gives back its slot and its resources."""
+        run = node.run
         run.running -= 1
-        if task.state is State.RUNNING and run.plan.step.kind != "service":
+        if node.state is State.RUNNING and not run.plan.service:
             self.running -= 1
+        if node.held:
+            for key, amount in node.held.items():
+                self.used[key] -= amount
+        node.held = None
 
-    def _final_failure(self, task: Task, error: str, now: float, **detail: Any) -> None:
-        task.state, task.error = State.FAILED, error
-        self._emit(task, now, error=error, **detail)
-        run = self.steps[task.step]
-        tolerated = self._tolerated(run, extra_failure=True)
-        self._branch_done(task, now, ok=False)
+    def _settle_node(self, node: _Node, state: State) -> None:
+        """Move a task into a state it stays settled in (it ended, or it is serving), and
+        count it for its step."""
+        run, was = node.run, node.state
+        node.state = state
+        if was is not State.SERVING:
+            run.settled += 1
+            if state in OK:
+                run.ok += 1
+        if state not in OK:
+            run.lost += 1
+            if state is State.FAILED:
+                run.failed.append(node)
+        if state in TERMINAL:
+            node.inputs = None  # only a task that may run again needs them
+
+    def _final_failure(self, node: _Node, error: str, now: float, **detail: Any) -> None:
+        node.error = error
+        self._settle_node(node, State.FAILED)
+        self._emit(node, now, error=error, **detail)
+        tolerated = self._tolerated(node.run)
+        self._branch_done(node, now)
         if not tolerated:
-            self.failures.append(task)
-            if run.plan.policy == "fail_fast":
-                self._abort(now, f"{task.name} failed")
+            self._failures.append(node)
+            if node.run.plan.policy == "fail_fast":
+                self._abort(now, f"{node.name} failed")
 
-    def _emit(self, task: Task, now: float, **detail: Any) -> None:
-        if task.reason and task.state in (State.SKIPPED, State.CANCELLED):
-            detail.setdefault("reason", task.reason)
-        self.events.append(Event(task.name, task.step, task.state, task.attempt, now, detail))
+    def _emit(self, node: _Node, now: float, **detail: Any) -> None:
+        if node.reason and node.state in (State.SKIPPED, State.CANCELLED):
+            detail.setdefault("reason", node.reason)
+        self._events.append(Event(node.name, node.run.name, node.state, node.attempt, now, detail))
 
     # -- fan-in bookkeeping -------------------------------------------------------------
-    def _branch_done(self, task: Task, now: float, *, ok: bool) -> None:
-        run = self.steps[task.step]
-        if task.state in TERMINAL or task.state is State.SERVING:
-            run.n_terminal += 1
-            if ok:
-                run.n_ok += 1
-            elif task.state is State.FAILED:
-                run.n_failed += 1
+    def _branch_done(self, node: _Node, now: float) -> None:
+        run = node.run
         for name in run.plan.downstream:
             consumer = self.steps[name]
-            if consumer.activated or task.step not in consumer.plan.fan_in or consumer.plan.quorum is None:
+            if consumer.activated or run.name not in consumer.plan.fan_in or consumer.plan.quorum is None:
                 continue
-            met, reachable, detail = self._quorum(consumer)
-            if not reachable:
-                self._fail_step(consumer, now, f"quorum can no longer be met: {detail}")
-            elif met and consumer.plan.step.wait == "quorum" and self._others_settled(consumer):
+            rule = consumer.plan.quorum
+            tally, known = self._tally(consumer)
+            if known and not tally.reachable(rule):
+                tally, _ = self._tally(consumer, failures=True)
+                self._fail_step(consumer, now, f"quorum can no longer be met: {tally.describe(rule)}")
+            elif tally.met(rule) and consumer.plan.step.wait == "quorum" and self._others_settled(consumer):
                 self._activate(consumer, now)
-        if run.tasks is not None and run.n_terminal == len(run.tasks) and run.outcome is None:
+        if run.tasks is not None and run.settled == len(run.tasks) and run.outcome is None:
             self._settle(run, now)
 
-    def _quorum(self, consumer: _StepRun) -> tuple[bool, bool, str]:
-        """(met, still reachable, description) for a consumer's min_success over its fan-in."""
+    def _tally(self, consumer: _StepRun, failures: bool = False) -> tuple[Tally, bool]:
+        """What the branches a consumer with ``min_success`` collects came to so far, and
+        whether every step it collects has been expanded (its total is known)."""
         tally = Tally(list(consumer.plan.fan_in))
         known = True
         for source in consumer.plan.fan_in:
@@ -324,26 +446,23 @@ class Scheduler:
                 known = known and run.outcome is not None
                 continue
             tally.total += len(run.tasks)
-            tally.ok += run.n_ok
-            for t in run.tasks:
-                if t.state in TERMINAL and t.state is not State.SUCCEEDED:
-                    tally.lost += 1
-                    if t.state is State.FAILED:
-                        tally.failures.append(f"{t.name}: {t.error}")
-        rule = consumer.plan.quorum
-        return tally.met(rule), not known or tally.reachable(rule), tally.describe(rule)
+            tally.ok += run.ok
+            tally.lost += run.lost
+            if failures:
+                tally.failures += [f"{n.name}: {n.error}" for n in sorted(run.failed, key=lambda n: n.index)]
+        return tally, known
 
-    def _tolerated(self, run: _StepRun, extra_failure: bool = False) -> bool:
+    def _tolerated(self, run: _StepRun) -> bool:
         """A branch failure is tolerated when every consumer takes it through a quorum that
         can still be met."""
         consumers = [self.steps[n] for n in run.plan.downstream]
         if not consumers:
             return False
         for consumer in consumers:
-            if run.plan.name not in consumer.plan.fan_in or consumer.plan.quorum is None:
+            if run.name not in consumer.plan.fan_in or consumer.plan.quorum is None:
                 return False
-            _, reachable, _ = self._quorum(consumer)
-            if not reachable:
+            tally, known = self._tally(consumer)
+            if known and not tally.reachable(consumer.plan.quorum):
                 return False
         return True
 
@@ -353,7 +472,7 @@ class Scheduler:
         )
 
     def _settle(self, run: _StepRun, now: float) -> None:
-        states = {t.state for t in run.tasks}
+        states = {node.state for node in run.tasks}
         if states <= OK:
             run.outcome = "succeeded"
         elif State.CANCELLED in states:
@@ -364,7 +483,7 @@ class Scheduler:
             run.outcome = "failed"
         for name in run.plan.downstream:
             consumer = self.steps[name]
-            consumer.waiting.discard(run.plan.name)
+            consumer.waiting.discard(run.name)
             if not consumer.waiting and not consumer.activated and consumer.outcome is None:
                 self._activate(consumer, now)
 
@@ -374,11 +493,10 @@ class Scheduler:
         if self.aborted:
             return
         plan = run.plan
-        quorum_detail = None
         if plan.quorum is not None and plan.fan_in:
-            met, _, quorum_detail = self._quorum(run)
-            if not met:
-                self._fail_step(run, now, f"quorum not met: {quorum_detail}")
+            tally, _ = self._tally(run, failures=True)
+            if not tally.met(plan.quorum):
+                self._fail_step(run, now, f"quorum not met: {tally.describe(plan.quorum)}")
                 return
         for up in plan.upstream:
             upstream = self.steps[up]
@@ -390,25 +508,23 @@ class Scheduler:
                 continue
             if upstream.outcome == "skipped":
                 return self._skip_step(run, now, f"{up} was skipped")
-            culprit = next((t for t in upstream.tasks or [] if t.state is State.FAILED), None)
+            culprit = next((n for n in upstream.tasks or [] if n.state is State.FAILED), None)
             why = f"{culprit.name} failed" if culprit else f"{up} {upstream.outcome}"
             return self._skip_step(run, now, f"upstream {why}")
         try:
             if not conditions.evaluate(plan.step.when, lambda ref: self._lookup(ref, None, run)):
                 return self._skip_step(run, now, f"when: {plan.step.when} is false")
-            items = self._expand(run)
+            axes = self._axes(run)
         except Exception as exc:  # a condition or a fan-out that cannot be evaluated fails the step
             return self._fail_step(run, now, str(exc))
-        run.tasks = [self._new_task(run, name, index, item, now) for index, (name, item) in enumerate(items)]
-        run.ready.extend(run.tasks)
-        run.unoffered.extend(run.tasks)
+        self._expand(run, axes, now)
         if not run.tasks:
             self._settle(run, now)
 
-    def _expand(self, run: _StepRun) -> list[tuple[str, dict | None]]:
+    def _axes(self, run: _StepRun) -> dict[str, list] | None:
         fan_out = run.plan.step.fan_out
         if not fan_out:
-            return [(run.plan.name, None)]
+            return None
         axes: dict[str, list] = {}
         for axis, values in fan_out.items():
             if isinstance(values, str):
@@ -419,7 +535,18 @@ class Scheduler:
                         f"fan_out.{axis}: expected a list from {ref}, got {type(values).__name__}"
                     )
             axes[axis] = values
-        return branches(run.plan.name, axes)
+        return axes
+
+    def _expand(self, run: _StepRun, axes: dict[str, list] | None, now: float) -> None:
+        """Create the step's tasks: one, or one per branch of its fan-out."""
+        run.axes = axes
+        run.tasks = []
+        names = branch_names(run.name, axes) if axes is not None else [run.name]
+        for index, name in enumerate(names):
+            node = _Node(name, run, index)
+            self._nodes[name] = node
+            run.tasks.append(node)
+            self._emit(node, now, **({"item": item_at(axes, index)} if axes is not None else {}))
 
     def _skip_step(self, run: _StepRun, now: float, reason: str) -> None:
         self._close_step(run, now, State.SKIPPED, reason)
@@ -429,15 +556,14 @@ class Scheduler:
         if run.outcome is not None:
             return
         run.activated = True
-        task = self._placeholder(run, now)
-        task.state, task.error, task.attempt = State.FAILED, error, max(task.attempt, 1)
-        self._emit(task, now, error=error)
-        run.n_failed += 1
-        run.n_terminal = len(run.tasks)
-        self.failures.append(task)
+        node = self._placeholder(run, now)
+        node.error, node.attempt = error, max(node.attempt, 1)
+        self._settle_node(node, State.FAILED)
+        self._emit(node, now, error=error)
+        self._failures.append(node)
         self._settle(run, now)
         if run.plan.policy == "fail_fast":
-            self._abort(now, f"{task.name} failed")
+            self._abort(now, f"{node.name} failed")
 
     def _close_step(self, run: _StepRun, now: float, state: State, reason: str) -> None:
         if run.outcome is not None:
@@ -446,69 +572,91 @@ class Scheduler:
         if run.tasks is None:
             try:
                 static = all(not isinstance(v, str) for v in (run.plan.step.fan_out or {}).values())
-                items = self._expand(run) if static else [(run.plan.name, None)]
+                axes = self._axes(run) if static else None
             except ResolveError:
-                items = [(run.plan.name, None)]
-            run.tasks = [
-                self._new_task(run, name, index, item, now) for index, (name, item) in enumerate(items)
-            ]
-        for task in run.tasks:
-            if task.state in (State.PENDING, State.RETRYING):
-                task.state, task.reason = state, reason
-                self._emit(task, now, reason=reason)
-        run.n_terminal = sum(1 for t in run.tasks if t.state in TERMINAL or t.state is State.SERVING)
-        if run.n_terminal == len(run.tasks):
+                axes = None
+            self._expand(run, axes, now)
+        for node in run.tasks:
+            self._end_waiting(node, state, reason, now)
+        if run.settled == len(run.tasks):
             self._settle(run, now)
 
-    def _placeholder(self, run: _StepRun, now: float) -> Task:
-        if run.tasks:
-            return run.tasks[0]
-        task = self._new_task(run, run.plan.name, 0, None, now)
-        run.tasks = [task]
-        return task
+    def _end_waiting(self, node: _Node, state: State, reason: str, now: float) -> None:
+        """A task that had not started (or waited for a retry) is skipped or cancelled."""
+        if node.state not in (State.PENDING, State.RETRYING):
+            return
+        if node.state is State.PENDING and node.offered:
+            self._waiting -= 1
+        node.reason = reason
+        self._settle_node(node, state)
+        self._emit(node, now)
 
-    def _new_task(self, run: _StepRun, name: str, index: int, item: dict | None, now: float) -> Task:
-        task = Task(name=name, step=run.plan.name, index=index, item=item)
-        self.tasks[name] = task
-        self._emit(task, now, **({"item": item} if item is not None else {}))
-        return task
+    def _placeholder(self, run: _StepRun, now: float) -> _Node:
+        if not run.tasks:
+            self._expand(run, None, now)
+        return run.tasks[0]
 
     def _abort(self, now: float, reason: str) -> None:
         if self.aborted:
             return
         self.aborted = reason
+        why = f"not started: {reason}"
         for run in self.steps.values():
             if run.outcome is not None:
                 continue
             if not run.activated or run.tasks is None:
                 run.activated = True
-                task = self._placeholder(run, now)
-                task.state, task.reason = State.CANCELLED, f"not started: {reason}"
-                self._emit(task, now)
+                self._end_waiting(self._placeholder(run, now), State.CANCELLED, why, now)
                 continue
-            for task in run.tasks:
-                if task.state in (State.PENDING, State.RETRYING):
-                    task.state, task.reason = State.CANCELLED, f"not started: {reason}"
-                    self._emit(task, now)
-                elif task.state in (State.RUNNING, State.SERVING):
-                    self._to_stop.append(task.name)
-            run.ready.clear()
+            for node in run.tasks:
+                if node.state in (State.RUNNING, State.SERVING):
+                    self._stops.append(node.name)
+                else:
+                    self._end_waiting(node, State.CANCELLED, why, now)
+            run.queue.clear()
         self._retry_heap.clear()
 
     # -- references ---------------------------------------------------------------------
-    def _resolve_inputs(self, run: _StepRun, task: Task) -> dict[str, Any]:
-        return substitute(run.plan.step.with_, lambda ref: self._lookup(ref, task, run))
-
-    def _lookup(self, ref: Ref, task: Task | None, run: _StepRun) -> Any:
+    def _lookup(self, ref: Ref, node: _Node | None, run: _StepRun) -> Any:
         if ref.root == PARAMS:
             return descend(self.params, ref.path, ref)
         if ref.root == ITEM:
-            return descend(task.item if task else None, ref.path, ref)
+            return descend(run.item(node.index) if node else None, ref.path, ref)
         source = self.steps[ref.root]
         if ref.collect:
-            outputs = [t.output for t in source.tasks or [] if t.state in OK]
-            return [descend(o, ref.path, ref) for o in outputs]
+            return [descend(n.output, ref.path, ref) for n in source.tasks or () if n.state in OK]
         producer = (source.tasks or [None])[0]
         if producer is None or producer.state not in OK:
             raise ResolveError(f"{ref}: {ref.root} has no output")
         return descend(producer.output, ref.path, ref)
+
+
+class TaskTable(Mapping):
+    """Every task of a run by name, read as ``Task`` records made when asked for (a run of
+    100,000 tasks holds no second copy of them)."""
+
+    def __init__(self, nodes: dict[str, _Node], steps: dict[str, _StepRun]):
+        self._nodes = nodes
+        self._steps = steps
+
+    def of_step(self, step: str) -> list[Task]:
+        """The step's tasks, in declared order."""
+        return [node.record() for node in self._steps[step].tasks or ()]
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """How many tasks are in each state, and how many of them reused an earlier output."""
+        counts: dict[str, int] = {}
+        reused = 0
+        for node in self._nodes.values():
+            counts[node.state.value] = counts.get(node.state.value, 0) + 1
+            reused += node.cached
+        return counts, reused
+
+    def __getitem__(self, name: str) -> Task:
+        return self._nodes[name].record()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)

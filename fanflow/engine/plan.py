@@ -22,10 +22,12 @@ class StepPlan:
     fan_in: list[str]  # fanned-out upstream steps whose branches this one collects
     downstream: list[str] = field(default_factory=list)
     policy: str = "fail_fast"
+    resources: Resources = field(init=False)  # what each task holds while it runs
+    service: bool = field(init=False)
 
-    @property
-    def resources(self) -> Resources:
-        return self.step.effective_resources
+    def __post_init__(self) -> None:
+        self.resources = self.step.effective_resources
+        self.service = self.step.kind == "service"
 
     @property
     def quorum(self) -> int | float | None:

@@ -1,10 +1,17 @@
-"""The run loop: drives the pure scheduling core with an executor, records every state change
-before acting on it, enforces timeouts, restarts services that die, and cancels cleanly on
-Ctrl-C or SIGTERM."""
+"""The run loop: drives the pure scheduling core with an executor, looks up the cache, records
+every state change before acting on it, enforces timeouts, restarts services that die, and
+cancels cleanly on Ctrl-C or SIGTERM.
+
+One round of the loop: take the tasks that became ready and ask the memo about them in one
+batch (reused ones succeed at once), take the tasks the core admits, record what changed,
+hand the admitted tasks to the executor in one batch, then apply the results that came back.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import re
 import secrets
@@ -16,13 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fanflow.engine.core import Scheduler, Task
+from fanflow.engine.core import Scheduler, Task, TaskTable
+from fanflow.engine.naming import file_name
 from fanflow.engine.plan import Plan
 from fanflow.executors.base import Executor, TaskResult, TaskSpec
 from fanflow.spec.model import Workflow
 from fanflow.spec.subflows import OUTPUTS_FUNCTION
 from fanflow.vocab.manifest import artifact_digests
-from fanflow.vocab.states import Event, State
+from fanflow.vocab.states import OK, Event, State
+
+__all__ = ["Memo", "Recorder", "RunInfo", "RunResult", "Runner", "default_home", "file_name", "new_run_id"]
 
 
 class Recorder(Protocol):
@@ -36,12 +46,18 @@ class Recorder(Protocol):
 
 
 class Memo(Protocol):
-    """Earlier results a task may reuse: the cache, and the run being resumed. Outputs to
-    reuse later are saved by the recorder, from the ``cache_key`` of succeeded events."""
+    """Earlier results a task may reuse: the cache, and the run being resumed. Each task's key
+    is computed once, when it becomes ready; outputs to reuse later are saved by the recorder,
+    from the ``cache_key`` of succeeded events."""
 
-    def key(self, task: Task, spec: TaskSpec) -> str: ...
+    @property
+    def active(self) -> bool:
+        """Whether a lookup can find anything at all."""
 
-    def lookup_many(self, batch: list[tuple[Task, TaskSpec]]) -> dict[str, Any]: ...
+    def key(self, spec: TaskSpec) -> str: ...
+
+    def lookup(self, wanted: list[tuple[TaskSpec, str]]) -> dict[str, Any]:
+        """Outputs to reuse for the tasks of ``wanted`` (spec, key), by task name."""
 
 
 @dataclass
@@ -60,7 +76,7 @@ class RunResult:
     run_id: str
     state: str  # succeeded / failed / cancelled
     error: str | None
-    tasks: dict[str, Task]
+    tasks: TaskTable
     started: float
     ended: float
     services: dict[str, Any] = field(default_factory=dict)  # task -> endpoint, when kept up
@@ -70,11 +86,7 @@ class RunResult:
         return self.ended - self.started
 
     def outputs(self, step: str) -> list[Any]:
-        return [
-            t.output
-            for t in self.tasks.values()
-            if t.step == step and t.state in (State.SUCCEEDED, State.SERVING)
-        ]
+        return [t.output for t in self.tasks.of_step(step) if t.state in OK]
 
 
 class NullRecorder:
@@ -90,14 +102,6 @@ class NullRecorder:
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
-
-
-def file_name(task: str) -> str:
-    """A task name as a file name: train[model=cnn] -> train@model=cnn."""
-    return _UNSAFE.sub("_", task.replace("[", "@").replace("]", ""))[:200]
 
 
 class Runner:
@@ -134,17 +138,25 @@ class Runner:
         self.import_paths = list(workflow.import_paths) or (
             [str(Path(workflow.source).resolve().parent)] if workflow.source else []
         )
-        self._deadlines: dict[str, tuple[float, str]] = {}
+        self.light = LightSteps(self.plan, self.core.window)
+        self._specs: dict[str, TaskSpec] = {}  # handed out and not started: their first attempt's spec
+        self._running: dict[str, TaskSpec] = {}  # submitted, by task
+        self._keys: dict[str, str] = {}  # cache keys of tasks handed out and not ended
+        self._deadlines: dict[str, tuple[float, str]] = {}  # timeouts of running tasks
+        self._deadline_heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
         self._ports: dict[str, int] = {}
-        self._restarts: dict[str, int] = {}
+        self._services: set[str] = set()  # service tasks started
         self._stop_requested: str | None = None
-        self._light = LightSteps(self.plan)
         self.started = 0.0
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> RunResult:
         self.started = time.time()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        error = self._check_capacity()
+        if error is None:
+            self.executor.start()  # workers start while the run is being recorded
         self.recorder.begin(
             RunInfo(
                 self.run_id,
@@ -156,11 +168,9 @@ class Runner:
                 self.resumed_from,
             )
         )
-        error = self._check_capacity()
         with self._signals():
             try:
                 if error is None:
-                    self.executor.start()
                     self.core.start(time.time())
                     self._loop()
             finally:
@@ -171,7 +181,10 @@ class Runner:
         error = error or self._error()
         ended = time.time()
         self.recorder.finish(self.run_id, state, error, ended)
-        services = {t.name: t.output for t in self.core.tasks.values() if t.state is State.SERVING}
+        self._specs.clear()
+        self._keys.clear()
+        services = {name: self.core.task(name).output for name in self._services
+                    if self.core.state(name) is State.SERVING}
         return RunResult(self.run_id, state, error, self.core.tasks, self.started, ended, services)
 
     def _loop(self) -> None:
@@ -179,41 +192,58 @@ class Runner:
         while True:
             if self._stop_requested and not core.cancelled_by_user:
                 core.cancel(time.time(), self._stop_requested)
-            for name in core.drain_stop_requests():
+            for name in core.stops():
                 self.executor.stop(name, "cancelled", core.aborted or "cancelled")
             if core.done:
                 self._flush()
                 return
             now = time.time()
-            before = len(core.events)
-            reuse = self._reuse if self.memo and self.memo.active else None
+            reused = self._offer(now)
             specs = []
-            for task in core.next_tasks(now, reuse, self._light.steps):
+            for task in core.admit(now, self.light.shares):
                 if self.plan.steps[task.step].step.uses == OUTPUTS_FUNCTION:
                     # A sub-workflow's outputs: references passed through, nothing to run.
                     core.succeeded(task.name, task.inputs["outputs"], now)
                 else:
-                    specs.append((task, self._spec(task)))
-            reused_any = len(core.events) > before + 2 * len(specs)
+                    specs.append(self._spec_for(task))
             self._flush()  # every change so far is on record before the executor is asked
-            for task, spec in specs:
+            for spec in specs:
                 self.executor.submit(spec)
-                step = self.plan.steps[task.step].step
-                if step.kind == "service":
-                    self._deadlines[task.name] = (
-                        now + step.ready_timeout,
-                        f"not ready after {step.ready_timeout:g}s",
-                    )
-                elif step.timeout:
-                    self._deadlines[task.name] = (now + step.timeout, f"timed out after {step.timeout:g}s")
+                self._running[spec.task] = spec
+                if spec.kind == "service":
+                    self._services.add(spec.task)
+                self._set_deadline(spec, now)
             self.executor.flush()
-            for result in self._collect(0 if reused_any else self._wait_time(specs)):
+            for result in self._collect(0 if reused or specs else self._wait_time()):
                 self._apply(result)
             self._expire()
 
+    def _offer(self, now: float) -> bool:
+        """Ask the memo, in one batch, about the tasks that became ready; those it knows
+        succeed at once. Says whether any did (more may then be ready)."""
+        offered = self.core.ready(now)
+        memo = self.memo
+        if not offered or memo is None:
+            return False
+        wanted = []
+        for task in offered:
+            step = self.plan.steps[task.step]
+            if step.service or step.step.uses == OUTPUTS_FUNCTION:
+                continue
+            spec = self._specs[task.name] = self._spec(task, 1)
+            key = self._keys[task.name] = memo.key(spec)
+            wanted.append((spec, key))
+        if not wanted or not memo.active:
+            return False
+        found = memo.lookup(wanted)
+        for name, output in found.items():
+            del self._specs[name]
+            self.core.reused(name, output, now, cache_key=self._keys.pop(name))
+        return bool(found)
+
     def _collect(self, timeout: float | None) -> list[TaskResult]:
         results = self.executor.wait(timeout)
-        if results and self._light.steps:
+        if results and self.light.steps:
             # Tiny tasks finish in a stream: gather a few more (for at most 1 ms) so that one
             # transaction records them all, instead of one transaction each.
             deadline = time.perf_counter() + 0.001
@@ -221,10 +251,10 @@ class Runner:
                 results += self.executor.wait(left)
         return results
 
-    def _wait_time(self, submitted: list) -> float | None:
-        if self.core.done or submitted:
+    def _wait_time(self) -> float | None:
+        if self.core.done:
             return 0
-        wakeups = [d for d, _ in self._deadlines.values()]
+        wakeups = [self._deadline_heap[0][0]] if self._deadline_heap else []
         retry = self.core.next_wakeup()
         if retry is not None:
             wakeups.append(retry)
@@ -233,47 +263,71 @@ class Runner:
             timeout = min(timeout, max(0.0, min(wakeups) - time.time()))
         return timeout
 
+    def _set_deadline(self, spec: TaskSpec, now: float) -> None:
+        step = self.plan.steps[spec.step].step
+        if step.kind == "service":
+            deadline = (now + step.ready_timeout, f"not ready after {step.ready_timeout:g}s")
+        elif step.timeout:
+            deadline = (now + step.timeout, f"timed out after {step.timeout:g}s")
+        else:
+            return
+        self._deadlines[spec.task] = deadline
+        heapq.heappush(self._deadline_heap, (deadline[0], next(self._seq), spec.task))
+
     def _expire(self) -> None:
         now = time.time()
-        for name, (deadline, why) in list(self._deadlines.items()):
-            if now >= deadline:
+        heap = self._deadline_heap
+        while heap and heap[0][0] <= now:
+            at, _, name = heapq.heappop(heap)
+            deadline = self._deadlines.get(name)
+            if deadline is not None and deadline[0] == at:
                 del self._deadlines[name]
-                self.executor.stop(name, "timeout", why)
+                self.executor.stop(name, "timeout", deadline[1])
 
     def _apply(self, result: TaskResult) -> None:
-        core, now = self.core, time.time()
-        task = core.tasks.get(result.task)
-        if task is None or result.attempt != task.attempt:
+        core, now, name = self.core, time.time(), result.task
+        try:
+            state, attempt = core.state(name), core.attempt(name)
+        except ValueError:
+            return
+        if result.attempt != attempt or state not in (State.RUNNING, State.SERVING):
             return  # a late answer from an attempt already given up on
         detail = {"worker": result.worker, "started": result.started}
         if result.status != "serving":
-            self._deadlines.pop(task.name, None)
+            self._deadlines.pop(name, None)
         if result.status == "succeeded":
-            self._light.observe(task.step, result)
-            extra = {"inputs": artifact_digests(task.inputs)}
-            if self.memo and self.plan.steps[task.step].step.kind != "service":
-                extra["cache_key"] = self.memo.keys.get(task.name) or self.memo.key(task, self._spec(task))
-            core.succeeded(task.name, result.output, now, **extra, **detail)
+            if state is not State.RUNNING:
+                return
+            spec = self._running.pop(name, None)
+            self.light.observe(spec.step if spec else core.task(name).step, result)
+            extra = {"inputs": artifact_digests(spec.inputs) if spec else []}
+            key = self._keys.pop(name, None)
+            if key is not None:
+                extra["cache_key"] = key
+            core.succeeded(name, result.output, now, **extra, **detail)
         elif result.status == "serving":
-            self._deadlines.pop(task.name, None)
+            self._deadlines.pop(name, None)
             port = _port_of(result.output)
             if port:
-                self._ports[task.name] = port
-            if task.state is State.RUNNING:
-                core.serving(task.name, result.output, now)
-        elif result.status == "exited" and task.state is State.SERVING:
-            self._restart_service(task, result.error or "the service exited")
+                self._ports[name] = port
+            if state is State.RUNNING:
+                core.serving(name, result.output, now)
+        elif result.status == "exited" and state is State.SERVING:
+            self._restart_service(name, result.error or "the service exited")
         elif result.status == "cancelled":
-            if task.state is State.SERVING:
-                core.service_stopped(task.name, now)
+            self._running.pop(name, None)
+            self._keys.pop(name, None)
+            if state is State.SERVING:
+                core.service_stopped(name, now)
             else:
-                core.cancelled(task.name, now, result.error or "cancelled")
-        else:
+                core.cancelled(name, now, result.error or "cancelled")
+        elif state is State.RUNNING:
+            self._running.pop(name, None)
             kind = {"timeout": "timeout", "crashed": "crashed", "exited": "exited"}.get(
                 result.status, "error"
             )
             core.failed(
-                task.name,
+                name,
                 result.error or result.status,
                 now,
                 retryable=result.retryable,
@@ -281,40 +335,29 @@ class Runner:
                 traceback=result.traceback,
                 **detail,
             )
+            if core.state(name) is not State.RETRYING:
+                self._keys.pop(name, None)
 
-    def _reuse(self, tasks: list[Task]) -> dict[str, tuple[Any, dict[str, Any]]]:
-        batch = [
-            (task, self._spec(task)) for task in tasks if self.plan.steps[task.step].step.kind != "service"
-        ]
-        found = self.memo.lookup_many(batch)
-        return {name: (output, {"cache_key": self.memo.keys.get(name)}) for name, output in found.items()}
-
-    def _restart_service(self, task: Task, error: str) -> None:
-        step = self.plan.steps[task.step].step
-        count = self._restarts.get(task.name, 0) + 1
-        if count > step.restarts or self.core.aborted:
-            self.core.service_stopped(
-                task.name, time.time(), error=f"{error} (gave up after {step.restarts} restarts)"
-            )
+    def _restart_service(self, name: str, error: str) -> None:
+        task = self.core.restarted(name, time.time(), error)
+        if task is None:
             return
-        self._restarts[task.name] = count
-        task.attempt += 1
-        self.core.events.append(
-            Event(
-                task.name,
-                task.step,
-                State.SERVING,
-                task.attempt,
-                time.time(),
-                {"restart": count, "error": error},
-            )
-        )
-        spec = self._spec(task)
-        spec.service_port = self._ports.get(task.name, 0)
+        spec = self._spec(task, task.attempt)
+        spec.service_port = self._ports.get(name, 0)
         self.executor.submit(spec)
 
     # -- helpers ------------------------------------------------------------------------
-    def _spec(self, task: Task) -> TaskSpec:
+    def _spec_for(self, task: Task) -> TaskSpec:
+        """The spec of an admitted task: the one made when it was handed out, for a first
+        attempt; a new one for a retry."""
+        spec = self._specs.pop(task.name, None)
+        if spec is None or task.attempt != 1:
+            spec = self._spec(task, task.attempt)
+        if task.step in self.light.steps:
+            spec.light = True
+        return spec
+
+    def _spec(self, task: Task, attempt: int) -> TaskSpec:
         step = self.plan.steps[task.step]
         res = step.resources
         base = file_name(task.name)
@@ -322,7 +365,7 @@ class Runner:
             run_id=self.run_id,
             task=task.name,
             step=task.step,
-            attempt=task.attempt,
+            attempt=attempt,
             uses=step.step.uses,
             inputs=task.inputs or {},
             artifacts=self.artifacts,
@@ -331,14 +374,14 @@ class Runner:
             memory=res.memory,
             kind=step.step.kind,
             executor=step.step.executor,
-            log_prefix=f"{self._log_root}/{base}.{task.attempt}",
-            scratch=f"{self._scratch_root}/{base}.{task.attempt}",
-            light=task.step in self._light.steps,
+            log_prefix=f"{self._log_root}/{base}.{attempt}",
+            scratch=f"{self._scratch_root}/{base}.{attempt}",
+            light=task.step in self.light.steps,
             import_paths=self.import_paths,
         )
 
     def _flush(self) -> None:
-        events = self.core.drain_events()
+        events = self.core.events()
         if not events:
             return
         self.recorder.record(self.run_id, events)
@@ -361,18 +404,21 @@ class Runner:
     def _error(self) -> str | None:
         if self.core.cancelled_by_user:
             return self.core.aborted
-        if not self.core.failures:
+        failures = self.core.failures
+        if not failures:
             return None
-        first = self.core.failures[0]
-        more = len(self.core.failures) - 1
+        first = failures[0]
+        more = len(failures) - 1
         return f"{first.name}: {first.error}" + (f" (and {more} more)" if more else "")
 
+    def _serving(self) -> list[str]:
+        return [name for name in self._services if self.core.state(name) is State.SERVING]
+
     def _stop_services(self) -> None:
-        for task in self.core.tasks.values():
-            if task.state is State.SERVING:
-                self.executor.stop(task.name, "cancelled", "the run ended")
+        for name in self._serving():
+            self.executor.stop(name, "cancelled", "the run ended")
         deadline = time.time() + 10
-        while any(t.state is State.SERVING for t in self.core.tasks.values()) and time.time() < deadline:
+        while self._serving() and time.time() < deadline:
             for result in self.executor.wait(0.1):
                 self._apply(result)
         self._flush()
@@ -411,16 +457,22 @@ class Runner:
 
 class LightSteps:
     """Steps whose tasks have proven tiny (most finish within a few milliseconds), which the
-    core may then keep more of in flight. Steps with a timeout, services and thread steps
-    never qualify: a queued task must not wait behind a task that might be killed."""
+    core then keeps more of in flight: enough, by their measured duration, for each core to
+    have about ``QUEUED`` seconds of them queued, so that a worker never waits for the engine.
+    Steps with a timeout, services and thread steps never qualify: a queued task must not
+    wait behind a task that might be killed."""
 
     SAMPLES = 8
     FAST = 0.01  # seconds
+    QUEUED = 0.05  # seconds of tiny tasks queued per core
+    MIN_SHARE = 16
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, window: int):
         self.plan = plan
         self.steps: frozenset[str] = frozenset()
-        self._seen: dict[str, list[int]] = {}
+        self.shares: dict[str, int] = {}  # light step -> tasks admitted per core
+        self._max_share = max(self.MIN_SHARE, window // 2)
+        self._seen: dict[str, list[float]] = {}
 
     def observe(self, step: str, result: TaskResult) -> None:
         if step in self.steps or result.started is None or result.ended is None:
@@ -428,10 +480,14 @@ class LightSteps:
         spec = self.plan.steps[step].step
         if spec.timeout or spec.kind != "task" or spec.executor != "process" or not spec.fan_out:
             return
-        seen = self._seen.setdefault(step, [0, 0])
+        seen = self._seen.setdefault(step, [0, 0, 0.0])
+        took = max(result.ended - result.started, 0.0)
         seen[0] += 1
-        seen[1] += (result.ended - result.started) < self.FAST
+        seen[1] += took < self.FAST
+        seen[2] += took
         if seen[0] >= self.SAMPLES and seen[1] >= 0.9 * seen[0]:
+            mean = max(seen[2] / seen[0], 1e-6)
+            self.shares[step] = max(self.MIN_SHARE, min(self._max_share, int(self.QUEUED / mean)))
             self.steps = self.steps | {step}
 
 

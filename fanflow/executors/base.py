@@ -14,7 +14,7 @@ from typing import Any, Literal
 Status = Literal["succeeded", "failed", "cancelled", "timeout", "crashed", "serving", "exited"]
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskSpec:
     run_id: str
     task: str  # e.g. train[model=cnn]
@@ -36,10 +36,10 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: every field is plain data already, and specs are built for each task.
-        return dict(self.__dict__)
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskResult:
     task: str
     attempt: int
@@ -55,6 +55,9 @@ class TaskResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskResult:
         return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class Executor(ABC):

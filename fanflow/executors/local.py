@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,14 @@ from pathlib import Path
 import psutil
 
 from fanflow.executors.base import Executor, Status, TaskResult, TaskSpec
-from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_group, start_service_process
-
-LIGHT_QUEUE = 16  # light tasks sent ahead to one busy worker
+from fanflow.executors.processes import (
+    SERVICE_STOP_GRACE,
+    Progress,
+    error_tail,
+    kill_group,
+    start_service_process,
+)
+from fanflow.executors.wire import own_part, result_from, shared_part
 
 
 @dataclass(eq=False)
@@ -32,13 +38,18 @@ class _Worker:
     process: subprocess.Popen
     conn: multiprocessing.connection.Connection
     name: str
-    tasks: list[TaskSpec] = field(default_factory=list)  # sent, in the order it runs them
-    outbox: list[dict] = field(default_factory=list)  # specs to send at the next flush
+    tasks: deque[TaskSpec] = field(default_factory=deque)  # sent, in the order it runs them
+    outbox: list[tuple] = field(default_factory=list)  # tasks to send at the next flush
+    steps: dict[int, dict] = field(default_factory=dict)  # shared parts to send at the next flush
+    known: set[int] = field(default_factory=set)  # shared parts it has
+    heavy: int = 0  # tasks in hand that are not light
     dropped: set[str] = field(default_factory=set)  # queued tasks already reported stopped
+    progress: Progress | None = None  # how many tasks it has begun, which it counts itself
+    done: int = 0  # results received from it
 
     @property
     def light(self) -> bool:
-        return all(t.light for t in self.tasks)
+        return not self.heavy
 
 
 @dataclass(eq=False)
@@ -87,6 +98,7 @@ class LocalExecutor(Executor):
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._services: dict[str, _Service] = {}
         self._outboxes: dict[int, _Worker] = {}
+        self._templates: dict[tuple, tuple[int, dict]] = {}  # (run, step, light) -> id, shared part
         self._count = 0
         self._started = False
 
@@ -94,28 +106,35 @@ class LocalExecutor(Executor):
         return dict(self._capacity)
 
     def start(self, prestart: bool = False) -> None:
-        """Workers start on demand (a run whose tasks are all reused starts none);
-        ``prestart`` starts one per core now."""
-        if prestart and not self._started:
-            for _ in range(int(self._capacity["cpus"])):
-                self._idle.append(self._spawn())
+        """Workers start on demand (a run whose tasks are all reused starts none), all that
+        the cores can keep busy at once, since starting one takes a while; ``prestart`` starts
+        them now."""
+        if prestart:
+            self._spawn_all()
         self._started = True
+
+    def _spawn_all(self) -> None:
+        while len(self._workers) < max(1, int(self._capacity["cpus"])):
+            self._idle.append(self._spawn())
 
     def _spawn(self) -> _Worker:
         self._count += 1
         name = f"local-{self._count}"
         parent, child = socket.socketpair()
+        progress = Progress()
         with child:
             # A session of its own: stopping a task kills the task's children too.
             process = subprocess.Popen(
-                [sys.executable, "-m", "fanflow.executors.worker_process", str(child.fileno()), name],
-                pass_fds=[child.fileno()],
+                [sys.executable, "-m", "fanflow.executors.worker_process", str(child.fileno()), name,
+                 str(progress.fd)],
+                pass_fds=[child.fileno(), progress.fd],
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        worker = _Worker(process, multiprocessing.connection.Connection(parent.detach()), name)
+        progress.close_fd()
+        worker = _Worker(process, multiprocessing.connection.Connection(parent.detach()), name, progress=progress)
         self._workers.append(worker)
         return worker
 
@@ -129,34 +148,49 @@ class LocalExecutor(Executor):
             self._threads.submit(self._run_in_thread, spec)
         else:
             worker = self._pick_worker(spec)
-            worker.outbox.append(spec.to_dict())
+            template, shared = self._template(spec)
+            if template not in worker.known:
+                worker.known.add(template)
+                worker.steps[template] = shared
+            worker.outbox.append(own_part(template, spec))
             worker.tasks.append(spec)
+            if not spec.light:
+                worker.heavy += 1
             self._busy[spec.task] = worker
             self._outboxes[id(worker)] = worker
+
+    def _template(self, spec: TaskSpec) -> tuple[int, dict]:
+        """The part of a spec that every task of its step shares, and its number."""
+        key = (spec.run_id, spec.step, spec.light)
+        found = self._templates.get(key)
+        if found is None:
+            found = self._templates[key] = (len(self._templates), shared_part(spec))
+        return found
 
     def flush(self) -> None:
         """One message per worker, however many tasks it was given since the last flush."""
         outboxes, self._outboxes = self._outboxes, {}
         for worker in outboxes.values():
             batch, worker.outbox = worker.outbox, []
+            steps, worker.steps = worker.steps, {}
             try:
-                worker.conn.send(batch if len(batch) > 1 else batch[0])
+                worker.conn.send((steps, batch))
             except (OSError, ValueError):  # the worker died: what it held is reported crashed
                 self._post_all(self._lost_results(worker, "the worker process died before its task started"))
 
     def _pick_worker(self, spec: TaskSpec) -> _Worker:
         if self._idle:
             return self._idle.pop()
-        if spec.light:
-            # A tiny task waits in a busy worker's queue rather than in a new process.
-            queues = [w for w in self._working() if len(w.tasks) < LIGHT_QUEUE and w.light]
+        if not self._workers:
+            self._spawn_all()
+            return self._idle.pop()
+        if spec.light and len(self._workers) >= self._capacity["cpus"]:
+            # A tiny task waits in the queue of the least busy worker made only of tiny tasks,
+            # rather than in a new process: the core admits only as many as keep them busy.
+            queues = [w for w in self._workers if w.tasks and w.light]
             if queues:
                 return min(queues, key=lambda w: len(w.tasks))
         return self._spawn()
-
-    def _working(self) -> list[_Worker]:
-        """Workers with tasks in hand, each once (a handful, however many tasks are queued)."""
-        return [w for w in self._workers if w.tasks]
 
     def _run_in_thread(self, spec: TaskSpec) -> None:
         from fanflow.executors.worker import execute
@@ -188,18 +222,22 @@ class LocalExecutor(Executor):
             worker = workers[conn]
             while worker.tasks:
                 try:
-                    result = TaskResult.from_dict(conn.recv())
+                    rows = conn.recv()
                 except (EOFError, OSError):
                     code = _exit_code(worker.process)
                     results += self._lost_results(worker, f"the worker process died (exit code {code})")
                     break
-                self._finished(worker, result, results)
+                worker.done += len(rows)
+                for row in rows:
+                    self._finished(worker, result_from(row, worker.name), results)
                 if not conn.poll():
                     break
         return results + self._drain()
 
     def _finished(self, worker: _Worker, result: TaskResult, results: list[TaskResult]) -> None:
-        spec = worker.tasks.pop(0)
+        spec = worker.tasks.popleft()
+        if not spec.light:
+            worker.heavy -= 1
         if spec.task in worker.dropped:
             worker.dropped.discard(spec.task)
         else:
@@ -209,15 +247,18 @@ class LocalExecutor(Executor):
             self._idle.append(worker)
 
     def _lost_results(self, worker: _Worker, error: str) -> list[TaskResult]:
-        """A worker died: the task it was running is reported as crashed; tasks queued behind
-        it never started, so they go to another worker."""
+        """A worker died: the task it was running is reported as crashed; the others it held
+        go to another worker (those queued behind it never started; those before it ended,
+        but their results went down with it)."""
         held = [spec for spec in worker.tasks
                 if self._busy.get(spec.task) is worker and spec.task not in worker.dropped]
         for spec in worker.tasks:
             if self._busy.get(spec.task) is worker:
                 del self._busy[spec.task]
-        running = worker.tasks[:1]
-        worker.tasks, worker.outbox = [], []
+        begun = worker.progress.count() if worker.progress else worker.done + 1
+        position = min(max(begun - worker.done - 1, 0), len(worker.tasks) - 1)
+        running = list(worker.tasks)[position : position + 1]
+        worker.tasks, worker.outbox, worker.heavy = deque(), [], 0
         self._outboxes.pop(id(worker), None)
         if worker in self._idle:
             self._idle.remove(worker)
@@ -255,7 +296,7 @@ class LocalExecutor(Executor):
                 worker.dropped.add(task)
                 return
             # Killing the worker stops what it runs and what waits behind it.
-            others = [t for t in worker.tasks[1:] if t.task not in worker.dropped]
+            others = [t for t in list(worker.tasks)[1:] if t.task not in worker.dropped]
             for other in others:
                 self._busy.pop(other.task, None)
                 self._post(
@@ -289,6 +330,8 @@ class LocalExecutor(Executor):
         if worker.process.poll() is None:
             kill_group(worker.process.pid)
         worker.process.wait()
+        if worker.progress:
+            worker.progress.close()
 
     def close(self) -> None:
         for name in list(self._services):

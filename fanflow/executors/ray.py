@@ -393,7 +393,7 @@ def run_task(message: dict[str, Any]) -> dict[str, Any]:
         result = execute(spec, worker=_worker_name)
     if len(sys.modules) != loaded:
         _modules.remember()
-    return result.__dict__
+    return result.to_dict()
 
 
 @contextlib.contextmanager

@@ -36,6 +36,48 @@ def import_callable(uses: str, import_paths: list[str] = (), store: ArtifactStor
     return target
 
 
+class _StepFunction:
+    """A step's function, imported once per process, and which sets of keyword arguments its
+    signature takes (checked once per set of names, not once per task)."""
+
+    __slots__ = ("fn", "module", "problems", "signature")
+
+    def __init__(self, uses: str, import_paths: list[str], store: ArtifactStore | None):
+        self.fn = import_callable(uses, import_paths, store)
+        self.module = sys.modules.get(uses.partition(":")[0])
+        try:
+            self.signature = inspect.signature(self.fn)
+        except ValueError:
+            self.signature = None  # a builtin without a signature: let the call decide
+        self.problems: dict[tuple, str | None] = {}
+
+    def problem(self, names: tuple[str, ...]) -> str | None:
+        if names not in self.problems:
+            try:
+                if self.signature is not None:
+                    self.signature.bind(**dict.fromkeys(names))
+                self.problems[names] = None
+            except TypeError as exc:
+                self.problems[names] = str(exc)
+        return self.problems[names]
+
+
+_functions: dict[str, _StepFunction] = {}
+
+
+def step_function(uses: str, import_paths: list[str] = (), store: ArtifactStore | None = None) -> _StepFunction:
+    """The step function ``uses`` names, imported again only if its module was dropped from
+    ``sys.modules`` (a Ray worker does that when the workflow's code changed). Code shipped
+    with the workflow is read from ``store``."""
+    found = _functions.get(uses)
+    if found is None or sys.modules.get(uses.partition(":")[0]) is not found.module:
+        found = _functions[uses] = _StepFunction(uses, import_paths, store)
+    return found
+
+
+_environment: dict[str, str] = {}  # what this process last put in its environment
+
+
 def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
     """Tell the step what it was given (``fanflow.runtime``). A task with a process of its own
     also gets them in the environment (for its child processes) and its thread count set; a
@@ -51,25 +93,26 @@ def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
     runtime.set_task_values(values)
     if not own_process:
         return
-    os.environ.update(values)
-    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
+    for name, value in values.items():
+        if _environment.get(name) != value or os.environ.get(name) != value:
+            os.environ[name] = _environment[name] = value
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(cpus)
     torch = sys.modules.get("torch")
-    if torch is not None:
+    if torch is not None and _environment.get("torch_threads") != str(cpus):
         torch.set_num_threads(cpus)
+        _environment["torch_threads"] = str(cpus)
 
 
 def call_step(spec: TaskSpec) -> tuple[Any, Any]:
     """Import, load inputs, call. Returns (function, return value)."""
     store = store_for(spec.artifacts)
-    fn = import_callable(spec.uses, spec.import_paths, store)
+    step = step_function(spec.uses, spec.import_paths, store)
     kwargs = decode(spec.inputs, store)
-    try:
-        inspect.signature(fn).bind(**kwargs)
-    except TypeError as exc:
-        raise StepArgumentError(f"{spec.uses} cannot take the step's 'with': {exc}") from None
-    except ValueError:
-        pass  # a builtin without a signature: let the call decide
-    return fn, fn(**kwargs)
+    problem = step.problem(tuple(kwargs))
+    if problem:
+        raise StepArgumentError(f"{spec.uses} cannot take the step's 'with': {problem}")
+    return step.fn, step.fn(**kwargs)
 
 
 class StepArgumentError(TypeError):
@@ -111,7 +154,7 @@ def execute(spec: TaskSpec, worker: str = "", *, own_process: bool = True) -> Ta
             worker=worker,
         )
     finally:
-        if spec.scratch:
+        if spec.scratch and os.path.lexists(spec.scratch):
             shutil.rmtree(spec.scratch, ignore_errors=True)
     return TaskResult(
         spec.task, spec.attempt, "succeeded", output=output, started=started, ended=time.time(), worker=worker

@@ -1,27 +1,35 @@
-"""A local worker process: ``python -m fanflow.executors.worker_process FD NAME``.
+"""A local worker process: ``python -m fanflow.executors.worker_process FD NAME PROGRESS_FD``.
 
 It runs task after task sent over the inherited socket ``FD`` until told to stop. It is
 started as a plain program (not through multiprocessing's spawn), so it never re-imports the
-caller's main script."""
+caller's main script. A message holds the shared part of any step it has not seen yet and a
+batch of tasks; results go back in batches too, at least every ``SEND_EVERY`` seconds, so
+that the engine can record them and hand out more while the rest of the batch runs."""
 
 from __future__ import annotations
 
 import signal
 import socket
 import sys
+import time
 from multiprocessing.connection import Connection
 
-from fanflow.executors.base import TaskSpec
-from fanflow.executors.processes import OutputCapture, die_with_parent
+from fanflow.executors.processes import OutputCapture, Progress, die_with_parent
+from fanflow.executors.wire import result_row, spec_from
 from fanflow.executors.worker import execute
 
+SEND_EVERY = 0.002  # seconds
 
-def main(fd: int, name: str) -> int:
+
+def main(fd: int, name: str, progress_fd: int) -> int:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides about Ctrl-C
     conn = Connection(socket.socket(fileno=fd).detach())
     capture = OutputCapture()
     capture.idle()
+    progress = Progress(progress_fd)
+    begun = 0
+    steps: dict[int, dict] = {}
     while True:
         try:
             message = conn.recv()
@@ -29,18 +37,37 @@ def main(fd: int, name: str) -> int:
             return 0
         if message is None:
             return 0
-        for item in message if isinstance(message, list) else [message]:
-            spec = TaskSpec(**item)
-            capture.begin(spec.log_prefix)
+        shared, batch = message
+        steps.update(shared)
+        done: list[tuple] = []
+        sent = time.monotonic()
+        for own in batch:
+            spec = spec_from(steps[own[0]], own)
+            # Results wait for company only behind tiny tasks, and only a moment.
+            if done and (not spec.light or time.monotonic() - sent >= SEND_EVERY):
+                if not _send(conn, done):
+                    return 0
+                done, sent = [], time.monotonic()
+            begun += 1
+            progress.begun(begun)
+            capture.begin(spec.log_prefix, spool=spec.light)
             try:
                 result = execute(spec, worker=name)
             finally:
                 capture.end()
-            try:
-                conn.send(result.__dict__)
-            except (OSError, ValueError):
-                return 0
+            done.append(result_row(result))
+        capture.idle()
+        if done and not _send(conn, done):
+            return 0
+
+
+def _send(conn: Connection, results: list[tuple]) -> bool:
+    try:
+        conn.send(results)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), sys.argv[2]))
+    sys.exit(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))

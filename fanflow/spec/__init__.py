@@ -1,6 +1,23 @@
 """The workflow spec: what a workflow is, its two front ends (YAML and Python) and validation."""
 
-from fanflow.spec.errors import SpecError, SpecIssue
-from fanflow.spec.model import Param, Resources, Step, Workflow
+from __future__ import annotations
 
-__all__ = ["Param", "Resources", "SpecError", "SpecIssue", "Step", "Workflow"]
+import importlib
+
+# Imported on first use: a command that only needs the errors does not load pydantic.
+_EXPORTS = {
+    "SpecError": "fanflow.spec.errors",
+    "SpecIssue": "fanflow.spec.errors",
+    "Param": "fanflow.spec.model",
+    "Resources": "fanflow.spec.model",
+    "Step": "fanflow.spec.model",
+    "Workflow": "fanflow.spec.model",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fanflow.spec' has no attribute {name!r}")

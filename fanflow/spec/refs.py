@@ -11,6 +11,7 @@ several different steps.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class Ref:
         return "${" + text + "}"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few references are resolved for every task
 def parse_ref(body: str) -> Ref:
     """Parse the inside of ``${...}``."""
     match = _ROOT.match(body)

@@ -1,5 +1,11 @@
-"""Recording a run's events: each batch of state changes becomes rows for a few statements,
-compiled once per database and sent with the driver's executemany (the engine's hot path)."""
+"""Recording a run's events: the engine's hot path.
+
+A batch of state changes becomes rows for a few statements, compiled once per database and
+sent with the driver's executemany. Within a batch each task gets one row: a task created,
+started and finished in the same batch is one insert, not an insert and two updates. An
+attempt is written once, when it ends (the task's own row says that it is running). Outputs
+are encoded once per batch, by one encoder, and shared by the task's row and its cache entry.
+"""
 
 from __future__ import annotations
 
@@ -11,224 +17,187 @@ from fanflow.stores.schema import artifacts, attempts, cache, lineage, runs, tas
 from fanflow.vocab.manifest import ARTIFACT_KEY, artifact_refs
 from fanflow.vocab.states import TERMINAL, Event, State
 
-
-class Prepared:
-    """A statement compiled once for one database, run with the driver's executemany."""
-
-    def __init__(self, statement, dialect):
-        compiled = statement.compile(dialect=dialect)
-        self.sql = str(compiled)
-        self.order = compiled.positiontup if dialect.positional else None
-
-    def params(self, rows: list[dict]) -> list:
-        if self.order is None:
-            return rows
-        return [tuple(row[name] for name in self.order) for row in rows]
+LOOKUP_CHUNK = 256  # cache keys looked up by one statement
 
 
-def _bind(table, names):
-    return {name: sa.bindparam(name) for name in names}
-
-
-def _insert_ignoring_duplicates(table, dialect_name: str):
-    columns = [c.name for c in table.columns]
-    if dialect_name in ("sqlite", "postgresql"):
-        module = __import__(f"sqlalchemy.dialects.{dialect_name}", fromlist=["insert"])
-        return module.insert(table).values(_bind(table, columns)).on_conflict_do_nothing()
-    return table.insert().values(_bind(table, columns))
-
-
-def _task_where(table, task_column):
-    return sa.and_(table.c.run_id == sa.bindparam("b_run"), task_column == sa.bindparam("b_task"))
+# The columns a task row is written with; an update sets the same ones (``started`` and
+# ``cache_key`` keep what the row had when the update brings none).
+_INSERT_KEYS = ("run_id", "name", "step", "seq", "item")
+# In the table's column order, which is the order of the compiled statements' parameters:
+# rows go to the driver as they are.
+TASK_FIELDS = ("state", "attempts", "output", "error", "reason", "cached", "cache_key", "started", "ended")
+# Where each field stands in a row (the insert's keys first, then the fields).
+_STATE, _ATTEMPTS, _OUTPUT, _ERROR, _REASON, _CACHED, _KEY, _STARTED, _ENDED = range(
+    len(_INSERT_KEYS), len(_INSERT_KEYS) + len(TASK_FIELDS))
+_ATTEMPT_COLUMNS = ("run_id", "task", "attempt", "state", "started", "ended", "exit_reason", "error",
+                    "traceback", "worker")
 
 
 def statement_for(name: str, dialect_name: str):
+    """The statement behind each kind of row, with its parameters named in row order."""
     if name == "task_new":
-        return tasks.insert().values(_bind(tasks, _TASK_NEW_COLUMNS))
-    if name == "task_running":
-        return (
+        columns = [*_INSERT_KEYS, *TASK_FIELDS]
+        return tasks.insert().values({c: sa.bindparam(f"p_{c}") for c in columns}), [f"p_{c}" for c in columns]
+    if name == "task_change":
+        values = {c: sa.bindparam(f"p_{c}") for c in TASK_FIELDS}
+        values["started"] = sa.func.coalesce(tasks.c.started, sa.bindparam("p_started"))
+        values["cache_key"] = sa.func.coalesce(sa.bindparam("p_cache_key"), tasks.c.cache_key)
+        statement = (
             tasks.update()
-            .where(_task_where(tasks, tasks.c.name))
-            .values(
-                state=sa.bindparam("b_state"),
-                attempts=sa.bindparam("b_attempts"),
-                started=sa.func.coalesce(tasks.c.started, sa.bindparam("b_started")),
-            )
+            .where(tasks.c.run_id == sa.bindparam("p_run"), tasks.c.name == sa.bindparam("p_task"))
+            .values(values)
         )
-    if name == "task_finished":
-        return (
-            tasks.update()
-            .where(_task_where(tasks, tasks.c.name))
-            .values(
-                state=sa.bindparam("b_state"),
-                attempts=sa.bindparam("b_attempts"),
-                output=sa.bindparam("b_output"),
-                error=sa.bindparam("b_error"),
-                reason=sa.bindparam("b_reason"),
-                cached=sa.bindparam("b_cached"),
-                cache_key=sa.func.coalesce(sa.bindparam("b_cache_key"), tasks.c.cache_key),
-                ended=sa.func.coalesce(sa.bindparam("b_ended"), tasks.c.ended),
-            )
-        )
-    if name == "attempt_new":
-        return attempts.insert().values(_bind(attempts, [c.name for c in attempts.columns]))
-    if name == "attempt_end":
-        return (
-            attempts.update()
-            .where(_task_where(attempts, attempts.c.task), attempts.c.attempt == sa.bindparam("b_attempt"))
-            .values(
-                state=sa.bindparam("b_state"),
-                ended=sa.bindparam("b_ended"),
-                exit_reason=sa.bindparam("b_exit_reason"),
-                error=sa.bindparam("b_error"),
-                traceback=sa.bindparam("b_traceback"),
-                worker=sa.bindparam("b_worker"),
-            )
-        )
+        return statement, [*(f"p_{c}" for c in TASK_FIELDS), "p_run", "p_task"]
+    if name == "attempt":
+        statement = attempts.insert().values({c: sa.bindparam(f"p_{c}") for c in _ATTEMPT_COLUMNS})
+        return statement, [f"p_{c}" for c in _ATTEMPT_COLUMNS]
     if name == "cache_lookup":
-        return sa.select(cache.c.output).where(cache.c.key == sa.bindparam("b_key"))
+        keys = [sa.bindparam(f"p_k{i}") for i in range(LOOKUP_CHUNK)]
+        return sa.select(cache.c.key, cache.c.output).where(cache.c.key.in_(keys)), [
+            f"p_k{i}" for i in range(LOOKUP_CHUNK)
+        ]
     if name == "heartbeat":
-        return (
-            runs.update().where(runs.c.id == sa.bindparam("b_run")).values(heartbeat=sa.bindparam("b_time"))
-        )
+        statement = runs.update().where(runs.c.id == sa.bindparam("p_run")).values(heartbeat=sa.bindparam("p_time"))
+        return statement, ["p_time", "p_run"]
     table = {"artifact": artifacts, "lineage": lineage, "cache": cache}[name]
-    return _insert_ignoring_duplicates(table, dialect_name)
+    columns = [c.name for c in table.columns]
+    values = {c: sa.bindparam(f"p_{c}") for c in columns}
+    if dialect_name in ("sqlite", "postgresql"):
+        module = __import__(f"sqlalchemy.dialects.{dialect_name}", fromlist=["insert"])
+        statement = module.insert(table).values(values).on_conflict_do_nothing()
+    else:
+        statement = table.insert().values(values)
+    return statement, [f"p_{c}" for c in columns]
 
 
-_TASK_NEW_COLUMNS = ["run_id", "name", "step", "seq", "item", "state", "attempts", "cached"]
+class Statement:
+    """One statement compiled once for one database: rows are tuples in the statement's
+    parameter order, turned into what the driver's paramstyle wants."""
+
+    def __init__(self, name: str, dialect):
+        statement, names = statement_for(name, dialect.name)
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        if dialect.positional:
+            where = {n: i for i, n in enumerate(names)}
+            order = [where[n] for n in compiled.positiontup]
+            self._convert = None if order == list(range(len(names))) else order
+            self._named = None
+        else:
+            self._convert = None
+            self._named = names
+
+    def params(self, rows: list[tuple]) -> list:
+        if self._named is not None:
+            names = self._named
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        if self._convert is not None:
+            order = self._convert
+            return [tuple(row[i] for i in order) for row in rows]
+        return rows
+
+
+_encode_container = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_output(value) -> str:
+    """A step's output as JSON text (one encoder for every output; plain scalars directly)."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return json.encoder.encode_basestring(value)
+    return _encode_container(value)
 
 
 class EventRows:
     """The rows a batch of events turns into, by statement, in the order they must run."""
 
-    ORDER = (
-        "task_new",
-        "task_running",
-        "attempt_new",
-        "task_finished",
-        "attempt_end",
-        "artifact",
-        "lineage",
-        "cache",
-    )
+    ORDER = ("task_new", "task_change", "attempt", "artifact", "lineage", "cache")
 
-    def __init__(self):
-        self.rows: dict[str, list] = {name: [] for name in self.ORDER}
-        self._artifacts: set[str] = set()
-        self._lineage: set[tuple] = set()
+    def __init__(self, run_id: str, seq: int, started: dict[str, float]):
+        self.run_id = run_id
+        self.seq = seq  # the next task's creation number
+        self.started = started  # task -> when its running attempt started (kept across batches)
+        self.new: dict[str, list] = {}  # tasks created in this batch: their insert row
+        self.changed: dict[str, list] = {}  # tasks created earlier: their update row
+        self.attempts: list[tuple] = []
+        self.artifacts: dict[str, tuple] = {}
+        self.lineage: dict[tuple, tuple] = {}
+        self.cache: list[tuple] = []
 
     def in_order(self):
-        return ((name, self.rows[name]) for name in self.ORDER)
+        key = len(_INSERT_KEYS)
+        yield "task_new", [tuple(row) for row in self.new.values()]
+        yield "task_change", [(*row[key:], self.run_id, name) for name, row in self.changed.items()]
+        yield "attempt", self.attempts
+        yield "artifact", list(self.artifacts.values())
+        yield "lineage", list(self.lineage.values())
+        yield "cache", self.cache
 
-    def add(self, run_id: str, e: Event, seq: int) -> int:
-        """Add one event's rows; returns how many tasks it created (0 or 1)."""
+    def add(self, e: Event) -> None:
         detail = e.detail
         if e.state is State.PENDING:
-            item = json.dumps(detail["item"]) if "item" in detail else None
-            self.rows["task_new"].append(
-                {
-                    "run_id": run_id,
-                    "name": e.task,
-                    "step": e.step,
-                    "seq": seq,
-                    "item": item,
-                    "state": "pending",
-                    "attempts": 0,
-                    "cached": False,
-                }
-            )
-            return 1
+            item = _encode_container(detail["item"]) if "item" in detail else None
+            self.new[e.task] = [self.run_id, e.task, e.step, self.seq, item,
+                                "pending", 0, None, None, None, False, None, None, None]
+            self.seq += 1
+            return
+        row = self._row(e.task)
         restart = "restart" in detail
+        if restart:  # a service came back: its previous attempt ended, a new one runs
+            self._attempt(e, e.attempt - 1, "exited", self.started.pop(e.task, None))
         if e.state is State.RUNNING or restart:
-            self.rows["task_running"].append(
-                {
-                    "b_run": run_id,
-                    "b_task": e.task,
-                    "b_state": "running",
-                    "b_attempts": e.attempt,
-                    "b_started": e.time,
-                }
-            )
-            self.rows["attempt_new"].append(
-                {
-                    "run_id": run_id,
-                    "task": e.task,
-                    "attempt": e.attempt,
-                    "state": "running",
-                    "started": e.time,
-                    "ended": None,
-                    "exit_reason": None,
-                    "error": None,
-                    "traceback": None,
-                    "worker": None,
-                }
-            )
-            if not restart:
-                return 0
+            self.started[e.task] = e.time
+            if row[_STARTED] is None:
+                row[_STARTED] = e.time
+            row[_OUTPUT] = row[_ERROR] = row[_REASON] = row[_ENDED] = None
+            row[_CACHED] = False
+        row[_STATE], row[_ATTEMPTS] = e.state.value, e.attempt
+        if e.state is State.RUNNING:
+            return
         output = detail.get("output")
-        state = "serving" if restart else e.state.value
-        self.rows["task_finished"].append(
-            {
-                "b_run": run_id,
-                "b_task": e.task,
-                "b_state": state,
-                "b_attempts": e.attempt,
-                "b_output": json.dumps(output) if output is not None else None,
-                "b_error": detail.get("error"),
-                "b_reason": detail.get("reason"),
-                "b_cached": bool(detail.get("cached")),
-                "b_cache_key": detail.get("cache_key"),
-                "b_ended": e.time if state in TERMINAL else None,
-            }
-        )
-        if e.attempt and (restart or e.state is not State.SERVING):
-            self.rows["attempt_end"].append(
-                {
-                    "b_run": run_id,
-                    "b_task": e.task,
-                    "b_attempt": e.attempt - 1 if restart else e.attempt,
-                    "b_state": "exited" if restart else ("cached" if detail.get("cached") else state),
-                    "b_ended": e.time,
-                    "b_exit_reason": detail.get("exit_reason"),
-                    "b_error": detail.get("error"),
-                    "b_traceback": detail.get("traceback"),
-                    "b_worker": detail.get("worker"),
-                }
-            )
+        text = encode_output(output) if output is not None else None
+        row[_OUTPUT], row[_ERROR], row[_REASON] = text, detail.get("error"), detail.get("reason")
+        row[_CACHED] = bool(detail.get("cached"))
+        if detail.get("cache_key"):
+            row[_KEY] = detail["cache_key"]
+        row[_ENDED] = e.time if e.state in TERMINAL else None
+        if e.state is not State.SERVING:
+            started = self.started.pop(e.task, None)
+            if started is not None:
+                state = "cached" if detail.get("cached") else e.state.value
+                self._attempt(e, e.attempt, state, started)
         if e.state is State.SUCCEEDED and output is not None:
-            self._outputs(run_id, e, output)
-        return 0
+            self._outputs(e, output, text)
 
-    def _outputs(self, run_id: str, e: Event, output) -> None:
+    def _row(self, task: str) -> list:
+        row = self.new.get(task)
+        if row is not None:
+            return row
+        row = self.changed.get(task)
+        if row is None:
+            # Nothing to change yet: ``started`` and ``cache_key`` are kept (coalesce).
+            row = self.changed[task] = [None] * len(_INSERT_KEYS) + [None] * len(TASK_FIELDS)
+        return row
+
+    def _attempt(self, e: Event, number: int, state: str, started: float | None) -> None:
+        if started is None:
+            return  # it never ran (its inputs could not be resolved)
+        d = e.detail
+        self.attempts.append((self.run_id, e.task, number, state, started, e.time, d.get("exit_reason"),
+                              d.get("error"), d.get("traceback"), d.get("worker")))
+
+    def _outputs(self, e: Event, output, text: str) -> None:
         for ref in artifact_refs(output):
             digest = ref[ARTIFACT_KEY]
-            if digest not in self._artifacts:
-                self._artifacts.add(digest)
-                self.rows["artifact"].append(
-                    {
-                        "digest": digest,
-                        "format": ref.get("format"),
-                        "suffix": ref.get("suffix", ""),
-                        "size": ref.get("size"),
-                        "created": e.time,
-                    }
-                )
-            self._link(run_id, e.task, digest, "output")
+            if digest not in self.artifacts:
+                self.artifacts[digest] = (digest, ref.get("format"), ref.get("suffix", ""), ref.get("size"), e.time)
+            self._link(e.task, digest, "output")
         for digest in e.detail.get("inputs", ()):
-            self._link(run_id, e.task, digest, "input")
+            self._link(e.task, digest, "input")
         if e.detail.get("cache_key") and not e.detail.get("cached"):
-            self.rows["cache"].append(
-                {
-                    "key": e.detail["cache_key"],
-                    "output": json.dumps(output),
-                    "run_id": run_id,
-                    "task": e.task,
-                    "created": e.time,
-                }
-            )
+            self.cache.append((e.detail["cache_key"], text, self.run_id, e.task, e.time))
 
-    def _link(self, run_id: str, task: str, digest: str, role: str) -> None:
-        key = (task, digest, role)
-        if key not in self._lineage:
-            self._lineage.add(key)
-            self.rows["lineage"].append({"run_id": run_id, "task": task, "digest": digest, "role": role})
+    def _link(self, task: str, digest: str, role: str) -> None:
+        self.lineage.setdefault((task, digest, role), (self.run_id, task, digest, role))

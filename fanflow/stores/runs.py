@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fanflow.stores.recording import EventRows, Prepared, statement_for
+from fanflow.stores.recording import LOOKUP_CHUNK, EventRows, Statement
 from fanflow.stores.schema import (
     artifacts,
     attempts,
@@ -80,7 +80,8 @@ class RunStore:
         self._last_beat = 0.0
         self._seq: dict[str, int] = {}
         self._raw = None
-        self._statements: dict[str, Prepared] = {}
+        self._statements: dict[str, Statement] = {}
+        self._started: dict[str, dict[str, float]] = {}  # run -> task -> when its attempt started
         self._migrate()
 
     # -- schema -------------------------------------------------------------------------
@@ -143,9 +144,10 @@ class RunStore:
         compiled once per database and the driver's executemany."""
         if run_id not in self._seq:
             self._seq[run_id] = self._next_seq(run_id)
-        rows = EventRows()
+        rows = EventRows(run_id, self._seq[run_id], self._started.setdefault(run_id, {}))
         for event in events:
-            self._seq[run_id] += rows.add(run_id, event, self._seq[run_id])
+            rows.add(event)
+        self._seq[run_id] = rows.seq
         raw = self._raw_connection()
         cursor = raw.cursor()
         try:
@@ -157,7 +159,7 @@ class RunStore:
             if now - self._last_beat > HEARTBEAT_EVERY:
                 self._last_beat = now
                 beat = self._prepared("heartbeat")
-                cursor.execute(beat.sql, beat.params([{"b_run": run_id, "b_time": now}])[0])
+                cursor.execute(beat.sql, beat.params([(now, run_id)])[0])
             raw.commit()
         except BaseException:
             raw.rollback()
@@ -170,12 +172,10 @@ class RunStore:
             self._raw = self.engine.raw_connection()
         return self._raw
 
-    def _prepared(self, name: str) -> Prepared:
+    def _prepared(self, name: str) -> Statement:
         statement = self._statements.get(name)
         if statement is None:
-            statement = self._statements[name] = Prepared(
-                statement_for(name, self.engine.dialect.name), self.engine.dialect
-            )
+            statement = self._statements[name] = Statement(name, self.engine.dialect)
         return statement
 
     def _next_seq(self, run_id: str) -> int:
@@ -190,6 +190,7 @@ class RunStore:
             conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=time.time()))
 
     def finish(self, run_id: str, state: str, error: str | None, ended: float) -> None:
+        self._started.pop(run_id, None)
         with self.engine.begin() as conn:
             conn.execute(
                 runs.update().where(runs.c.id == run_id).values(state=state, error=error, ended=ended)
@@ -200,16 +201,20 @@ class RunStore:
 
     # -- the cache (the engine's Memo) --------------------------------------------------
     def cached_outputs(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The cached output of each of ``keys`` that has one, looked up a chunk of keys
+        per statement."""
+        keys = list(keys)
         found: dict[str, Any] = {}
         statement = self._prepared("cache_lookup")
         raw = self._raw_connection()
         cursor = raw.cursor()
         try:
-            for key in keys:
-                cursor.execute(statement.sql, statement.params([{"b_key": key}])[0])
-                row = cursor.fetchone()
-                if row is not None:
-                    found[key] = json.loads(row[0])
+            for first in range(0, len(keys), LOOKUP_CHUNK):
+                chunk = keys[first : first + LOOKUP_CHUNK]
+                chunk += [chunk[0]] * (LOOKUP_CHUNK - len(chunk))  # one statement for every chunk
+                cursor.execute(statement.sql, statement.params([tuple(chunk)])[0])
+                for key, output in cursor.fetchall():
+                    found[key] = json.loads(output)
             raw.commit()
         finally:
             cursor.close()
@@ -265,12 +270,33 @@ class RunStore:
                 return (time.time() - (row["heartbeat"] or 0)) > STALE_AFTER and not _is_fanflow(row["pid"])
         return (time.time() - (row["heartbeat"] or 0)) > STALE_AFTER
 
-    def tasks(self, run_id: str) -> list[dict]:
+    def tasks(
+        self, run_id: str, step: str | None = None, notable: bool = False, limit: int | None = None
+    ) -> list[dict]:
+        """A run's tasks in creation order: all of them, or one step's; ``notable`` keeps only
+        the tasks that did not simply succeed on their first attempt."""
+        query = sa.select(tasks).where(tasks.c.run_id == run_id)
+        if step is not None:
+            query = query.where(tasks.c.step == step)
+        if notable:
+            query = query.where(sa.or_(tasks.c.state != "succeeded", tasks.c.attempts > 1))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.seq)
-            ).mappings()
+            rows = conn.execute(query.order_by(tasks.c.seq).limit(limit)).mappings()
             return [_task_dict(r) for r in rows]
+
+    def step_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """How many of each step's tasks are in each state, steps in the order they started."""
+        query = (
+            sa.select(tasks.c.step, tasks.c.state, sa.func.count(), sa.func.min(tasks.c.seq))
+            .where(tasks.c.run_id == run_id)
+            .group_by(tasks.c.step, tasks.c.state)
+        )
+        with self.engine.connect() as conn:
+            rows = sorted(conn.execute(query), key=lambda row: row[3])
+        counts: dict[str, dict[str, int]] = {}
+        for step, state, count, _ in rows:
+            counts.setdefault(step, {})[state] = count
+        return counts
 
     def attempts(self, run_id: str, task: str | None = None) -> list[dict]:
         query = sa.select(attempts).where(attempts.c.run_id == run_id)

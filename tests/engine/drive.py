@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
-from fanflow.engine.core import Scheduler
+from fanflow.engine.core import Scheduler, Task
 from fanflow.engine.plan import Plan
 from fanflow.spec.loader import workflow_from_dict
+from fanflow.vocab.states import State
 
 
-def scheduler(steps: dict, params: dict | None = None, capacity: dict | None = None, **workflow) -> Scheduler:
+def scheduler(steps: dict, params: dict | None = None, capacity: dict | None = None, window: int = 4096,
+              **workflow) -> Scheduler:
     spec = workflow_from_dict({"name": "t", "params": params or {}, "steps": steps, **workflow}, check_imports=False)
-    core = Scheduler(Plan.build(spec), capacity or {"cpus": 4})
-    return core
+    return Scheduler(Plan.build(spec), capacity or {"cpus": 4}, window=window)
 
 
-def run_all(core: Scheduler, outcome, now: float = 0.0, max_rounds: int = 10_000) -> list[str]:
+def step(core: Scheduler, now: float, reuse=None) -> list[Task]:
+    """One round: take what became ready (reusing what ``reuse(task)`` finds, a value or
+    None), then what may start now."""
+    for task in core.ready(now):
+        found = reuse(task) if reuse else None
+        if found is not None:
+            core.reused(task.name, found, now)
+    return core.admit(now)
+
+
+def stop_requested(core: Scheduler, now: float) -> None:
+    """Report every task the core asked to stop as cancelled (one that ended meanwhile is
+    not running any more: nothing to report)."""
+    for name in core.stops():
+        if core.state(name) in (State.RUNNING, State.SERVING):
+            core.cancelled(name, now, "stopped")
+
+
+def run_all(core: Scheduler, outcome, now: float = 0.0, max_rounds: int = 10_000) -> dict[str, Task]:
     """Complete every task the core hands out, in order, with ``outcome(task) -> (ok, value)``;
-    returns the order tasks started in."""
-    started = []
+    returns each task as it was last started (its inputs included), in the order tasks
+    first started."""
+    started: dict[str, Task] = {}
     core.start(now)
     for _ in range(max_rounds):
         if core.done:
             return started
         now += 1.0
-        tasks = core.next_tasks(now)
-        for name in core.drain_stop_requests():
-            core.cancelled(name, now, "stopped")
+        tasks = step(core, now)
+        stop_requested(core, now)
         if not tasks and core.next_wakeup() is not None:
             now = core.next_wakeup()
             continue
         for task in tasks:
-            started.append(task.name)
+            started[task.name] = task
+            if core.state(task.name) is not State.RUNNING:
+                continue
             ok, value = outcome(task)
             if ok:
                 core.succeeded(task.name, value, now)

@@ -3,7 +3,7 @@
 import pytest
 
 from fanflow.vocab.states import State
-from tests.engine.drive import run_all, scheduler
+from tests.engine.drive import run_all, scheduler, step
 
 NOOP = "json:dumps"
 
@@ -14,18 +14,19 @@ def ok(value_of=lambda task: task.inputs):
 
 def test_static_fan_out_runs_one_task_per_item_named_by_item():
     core = scheduler({"train": {"uses": NOOP, "fan_out": {"model": ["cnn", "lr"]}, "with": {"m": "${item.model}"}}})
-    run_all(core, ok())
+    started = run_all(core, ok())
     assert list(core.tasks) == ["train[model=cnn]", "train[model=lr]"]
-    assert core.tasks["train[model=lr]"].inputs == {"m": "lr"}
+    assert started["train[model=lr]"].inputs == {"m": "lr"}
+    assert core.tasks["train[model=lr]"].item == {"model": "lr"}
     assert core.outcome == "succeeded"
 
 
 def test_grid_is_the_cartesian_product_in_declared_order():
     core = scheduler({"t": {"uses": NOOP, "fan_out": {"lr": [0.1, 0.01], "depth": [2, 3, 4]},
                             "with": {"lr": "${item.lr}", "d": "${item.depth}"}}})
-    run_all(core, ok())
+    started = run_all(core, ok())
     assert list(core.tasks) == [f"t[lr={lr},depth={d}]" for lr in (0.1, 0.01) for d in (2, 3, 4)]
-    assert core.tasks["t[lr=0.01,depth=3]"].inputs == {"lr": 0.01, "d": 3}
+    assert started["t[lr=0.01,depth=3]"].inputs == {"lr": 0.01, "d": 3}
 
 
 def test_dynamic_fan_out_expands_when_its_input_arrives():
@@ -34,10 +35,10 @@ def test_dynamic_fan_out_expands_when_its_input_arrives():
         "serve": {"uses": NOOP, "fan_out": {"model": "${pick}"}, "with": {"m": "${item.model}"}},
     })
     core.start(0)
-    (pick,) = core.next_tasks(1)
+    (pick,) = step(core, 1)
     assert "serve" not in str(list(core.tasks))
     core.succeeded(pick.name, [{"name": "a", "x": 1}, {"name": "b", "x": 2}], 2)
-    tasks = core.next_tasks(3)
+    tasks = step(core, 3)
     assert [t.name for t in tasks] == ["serve[model=a]", "serve[model=b]"]
     assert tasks[1].inputs == {"m": {"name": "b", "x": 2}}
 
@@ -55,10 +56,10 @@ def test_fan_in_is_in_declared_order_whatever_order_branches_finish():
         "sum": {"uses": NOOP, "with": {"values": "${w[*]}"}},
     })
     core.start(0)
-    tasks = core.next_tasks(1)
+    tasks = step(core, 1)
     for task in reversed(tasks):  # finish last-declared first
         core.succeeded(task.name, task.inputs["x"] * 10, 2)
-    (total,) = core.next_tasks(3)
+    (total,) = step(core, 3)
     assert total.inputs == {"values": [10, 20, 30, 40]}
 
 
@@ -69,8 +70,7 @@ def test_heterogeneous_fan_in_splices_several_steps_into_one_list():
         "c": {"uses": NOOP, "with": {"v": 4}},
         "all": {"uses": NOOP, "with": {"items": ["${a[*].v}", "${b[*].v}", "${c.v}"]}},
     })
-    run_all(core, ok())
-    assert core.tasks["all"].inputs == {"items": [1, 2, 3, 4]}
+    assert run_all(core, ok())["all"].inputs == {"items": [1, 2, 3, 4]}
 
 
 def test_quorum_runs_the_fan_in_with_the_successes_and_reports_the_failures():
@@ -78,9 +78,9 @@ def test_quorum_runs_the_fan_in_with_the_successes_and_reports_the_failures():
         "w": {"uses": NOOP, "fan_out": {"x": [1, 2, 3, 4]}, "with": {"x": "${item.x}"}},
         "pick": {"uses": NOOP, "with": {"got": "${w[*].x}"}, "min_success": 3},
     })
-    run_all(core, lambda t: (t.name != "w[x=2]", t.inputs if t.name != "w[x=2]" else "boom"))
+    started = run_all(core, lambda t: (t.name != "w[x=2]", t.inputs if t.name != "w[x=2]" else "boom"))
     assert core.outcome == "succeeded"
-    assert core.tasks["pick"].inputs == {"got": [1, 3, 4]}
+    assert started["pick"].inputs == {"got": [1, 3, 4]}
     assert core.tasks["w[x=2]"].state is State.FAILED and core.tasks["w[x=2]"].error == "boom"
 
 
@@ -100,12 +100,12 @@ def test_a_quorum_that_can_no_longer_be_met_fails_at_once_and_cancels_the_rest()
         "pick": {"uses": NOOP, "with": {"got": "${w[*]}"}, "min_success": 4},
     }, capacity={"cpus": 4})
     core.start(0)
-    tasks = core.next_tasks(1)
+    tasks = step(core, 1)
     core.failed(tasks[0].name, "boom", 2)
     assert core.tasks["pick"].state is State.FAILED
     assert core.tasks["pick"].error.startswith("quorum can no longer be met: 0 of 4 branches of w succeeded, 4 needed")
     assert "w[x=1]: boom" in core.tasks["pick"].error
-    assert sorted(core.drain_stop_requests()) == ["w[x=2]", "w[x=3]", "w[x=4]"]
+    assert sorted(core.stops()) == ["w[x=2]", "w[x=3]", "w[x=4]"]
 
 
 def test_wait_quorum_starts_the_fan_in_as_soon_as_the_quorum_succeeded():
@@ -114,26 +114,26 @@ def test_wait_quorum_starts_the_fan_in_as_soon_as_the_quorum_succeeded():
         "first": {"uses": NOOP, "with": {"got": "${w[*]}"}, "min_success": 2, "wait": "quorum"},
     })
     core.start(0)
-    tasks = core.next_tasks(1)
+    tasks = step(core, 1)
     core.succeeded(tasks[2].name, 3, 2)
-    assert core.next_tasks(3) == []
+    assert step(core, 3) == []
     core.succeeded(tasks[0].name, 1, 4)
-    (first,) = core.next_tasks(5)
+    (first,) = step(core, 5)
     assert first.inputs == {"got": [1, 3]}
 
 
 def test_retries_back_off_exponentially_then_fail():
     core = scheduler({"t": {"uses": NOOP, "retries": 2, "retry_backoff": 1.5}})
     core.start(0)
-    (task,) = core.next_tasks(0)
+    (task,) = step(core, 0)
     core.failed(task.name, "e1", 10)
     assert core.tasks["t"].state is State.RETRYING and core.next_wakeup() == 11.5
-    assert core.next_tasks(11.4) == []
-    (task,) = core.next_tasks(11.5)
+    assert step(core, 11.4) == []
+    (task,) = step(core, 11.5)
     assert task.attempt == 2
     core.failed(task.name, "e2", 20)
     assert core.next_wakeup() == 23.0  # 1.5 * 2
-    (task,) = core.next_tasks(23)
+    (task,) = step(core, 23)
     core.failed(task.name, "e3", 30)
     assert core.tasks["t"].state is State.FAILED and core.tasks["t"].attempt == 3
     assert core.outcome == "failed" and core.done
@@ -152,8 +152,7 @@ def test_a_retried_task_that_succeeds_gives_one_output():
             return False, "transient"
         return True, task.inputs.get("x", task.inputs)
 
-    run_all(core, flaky)
-    assert core.tasks["sum"].inputs == {"v": [1, 2]}
+    assert run_all(core, flaky)["sum"].inputs == {"v": [1, 2]}
     assert calls["w[x=1]"] == 2
 
 
@@ -163,11 +162,11 @@ def test_fail_fast_cancels_running_siblings_and_pending_work():
         "after": {"uses": NOOP, "with": {"v": "${w[*]}"}},
     }, capacity={"cpus": 2})
     core.start(0)
-    a, b = core.next_tasks(1)
+    a, b = step(core, 1)
     core.failed(a.name, "boom", 2)
-    assert core.drain_stop_requests() == [b.name]
+    assert core.stops() == [b.name]
     assert core.tasks["w[x=3]"].state is State.CANCELLED
-    assert core.next_tasks(3) == []
+    assert step(core, 3) == []
     core.cancelled(b.name, 4, "stopped")
     assert core.done and core.outcome == "failed"
     assert core.tasks["after"].state is State.CANCELLED
@@ -208,17 +207,17 @@ def test_when_can_use_an_upstream_output():
 
 def test_needs_orders_steps_without_passing_data():
     core = scheduler({"a": {"uses": NOOP}, "b": {"uses": NOOP, "needs": ["a"]}})
-    assert run_all(core, ok()) == ["a", "b"]
+    assert list(run_all(core, ok())) == ["a", "b"]
 
 
 def test_step_parallelism_and_global_limit_are_respected():
     core = scheduler({"w": {"uses": NOOP, "fan_out": {"x": list(range(6))}, "parallelism": 2}},
                      capacity={"cpus": 10})
     core.start(0)
-    assert len(core.next_tasks(1)) == 2
+    assert len(step(core, 1)) == 2
     core2 = scheduler({"w": {"uses": NOOP, "fan_out": {"x": list(range(6))}}}, capacity={"cpus": 10}, parallelism=3)
     core2.start(0)
-    assert len(core2.next_tasks(1)) == 3
+    assert len(step(core2, 1)) == 3
 
 
 def test_resources_admit_only_what_fits():
@@ -226,10 +225,10 @@ def test_resources_admit_only_what_fits():
         "big": {"uses": NOOP, "fan_out": {"x": [1, 2, 3]}, "resources": {"cpus": 2, "memory": "1Gi"}},
     }, capacity={"cpus": 4, "memory": 1.5 * 2**30})
     core.start(0)
-    first = core.next_tasks(1)
+    first = step(core, 1)
     assert len(first) == 1  # memory, not cores, is the limit here
     core.succeeded(first[0].name, 1, 2)
-    assert len(core.next_tasks(3)) == 1
+    assert len(step(core, 3)) == 1
 
 
 def test_a_missing_output_field_fails_the_consumer_with_the_keys_it_has():
@@ -241,9 +240,9 @@ def test_a_missing_output_field_fails_the_consumer_with_the_keys_it_has():
 def test_cancel_stops_everything_and_records_cancelled():
     core = scheduler({"w": {"uses": NOOP, "fan_out": {"x": [1, 2, 3]}}}, capacity={"cpus": 2})
     core.start(0)
-    running = core.next_tasks(1)
+    running = step(core, 1)
     core.cancel(2, "cancelled by SIGINT")
-    assert sorted(core.drain_stop_requests()) == sorted(t.name for t in running)
+    assert sorted(core.stops()) == sorted(t.name for t in running)
     for t in running:
         core.cancelled(t.name, 3, "cancelled by SIGINT")
     assert core.done and core.outcome == "cancelled"
@@ -253,19 +252,19 @@ def test_cancel_stops_everything_and_records_cancelled():
 def test_every_state_change_is_an_event_in_order():
     core = scheduler({"a": {"uses": NOOP, "retries": 1, "retry_backoff": 0}})
     core.start(0)
-    (t,) = core.next_tasks(1)
+    (t,) = step(core, 1)
     core.failed(t.name, "x", 2)
-    (t,) = core.next_tasks(2)
+    (t,) = step(core, 2)
     core.succeeded(t.name, 5, 3)
-    states = [(e.state.value, e.attempt) for e in core.drain_events()]
+    states = [(e.state.value, e.attempt) for e in core.events()]
     assert states == [("pending", 0), ("running", 1), ("retrying", 1), ("running", 2), ("succeeded", 2)]
 
 
-def test_reuse_hook_completes_tasks_without_capacity():
+def test_reused_tasks_complete_without_capacity():
     core = scheduler({"w": {"uses": NOOP, "fan_out": {"x": [1, 2, 3]}, "with": {"x": "${item.x}"}}},
                      capacity={"cpus": 1})
     core.start(0)
-    started = core.next_tasks(1, reuse=lambda tasks: {t.name: (t.inputs["x"], {}) for t in tasks if t.inputs["x"] != 2})
+    started = step(core, 1, reuse=lambda t: t.inputs["x"] if t.inputs["x"] != 2 else None)
     assert [t.name for t in started] == ["w[x=2]"]
     assert core.tasks["w[x=1]"].state is State.SUCCEEDED and core.tasks["w[x=1]"].cached
 
@@ -275,3 +274,57 @@ def test_item_labels_stay_readable_and_unambiguous(value, label):
     core = scheduler({"w": {"uses": NOOP, "fan_out": {"v": [value]}}})
     core.start(0)
     assert list(core.tasks) == [f"w[v={label}]"]
+
+
+def test_misuse_is_refused_with_a_clear_error():
+    core = scheduler({"a": {"uses": NOOP}, "b": {"uses": NOOP, "with": {"v": "${a}"}}})
+    core.start(0)
+    with pytest.raises(ValueError, match="a cannot succeed: it is pending, not running"):
+        core.succeeded("a", 1, 1)
+    assert [t.name for t in step(core, 1)] == ["a"]
+    with pytest.raises(ValueError, match="a cannot be reused: it is running"):
+        core.reused("a", 1, 1)
+    with pytest.raises(ValueError, match="no task 'nope' in this run"):
+        core.failed("nope", "boom", 1)
+    core.succeeded("a", 1, 2)
+    with pytest.raises(ValueError, match="a cannot succeed: it is succeeded"):
+        core.succeeded("a", 1, 3)  # a late second answer
+    with pytest.raises(ValueError, match="b cannot be reused"):
+        core.reused("b", 1, 3)  # not handed out by ready() yet
+
+
+def test_records_handed_out_never_change():
+    core = scheduler({"a": {"uses": NOOP, "with": {"v": 1}}})
+    core.start(0)
+    (ready,) = core.ready(1)
+    (started,) = core.admit(1)
+    core.succeeded("a", 5, 2)
+    assert (ready.state, ready.attempt, started.state, started.attempt) == (State.PENDING, 0, State.RUNNING, 1)
+    with pytest.raises(AttributeError):
+        started.state = State.FAILED
+    assert core.tasks["a"].output == 5 and core.tasks["a"].inputs is None  # spent once it ended
+
+
+def test_ready_hands_out_at_most_a_window_of_tasks_waiting_to_start():
+    core = scheduler({"w": {"uses": NOOP, "fan_out": {"x": list(range(10))}, "with": {"x": "${item.x}"}}},
+                     capacity={"cpus": 2}, window=4)
+    core.start(0)
+    first = core.ready(1)
+    assert [t.inputs["x"] for t in first] == [0, 1, 2, 3] and core.ready(1) == []
+    core.reused(first[0].name, 0, 1)
+    assert [t.inputs["x"] for t in core.ready(1)] == [4]
+    assert [t.inputs["x"] for t in core.admit(1)] == [1, 2]
+    assert [t.inputs["x"] for t in core.ready(1)] == [5, 6]
+
+
+def test_a_service_restarts_until_its_budget_is_spent():
+    core = scheduler({"s": {"uses": NOOP, "kind": "service", "restarts": 1}, "after": {"uses": NOOP, "with": {"u": "${s}"}}})
+    core.start(0)
+    assert [t.name for t in step(core, 1)] == ["s"]
+    core.serving("s", {"url": "u1"}, 2)
+    (after,) = step(core, 3)
+    assert after.inputs == {"u": {"url": "u1"}}
+    again = core.restarted("s", 4, "died")
+    assert again.attempt == 2 and again.state is State.SERVING
+    assert core.restarted("s", 5, "died again") is None
+    assert core.tasks["s"].state is State.FAILED and "gave up after 1 restarts" in core.tasks["s"].error

@@ -4,6 +4,7 @@ import math
 import random
 import zlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +36,9 @@ def workflows(draw):
         widths[name] = width
     policy = draw(st.sampled_from(["fail_fast", "continue"]))
     failing = draw(st.sets(st.text("abcdefgh", min_size=1, max_size=3), max_size=4))
-    return steps, policy, failing, draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 4))
+    cached = draw(st.sets(st.text("abcdefgh", min_size=1, max_size=3), max_size=3))
+    return steps, policy, failing, cached, draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 4)), draw(
+        st.sampled_from([1, 2, 3, 4096]))
 
 
 def _quorum_need(rule, total):
@@ -45,11 +48,15 @@ def _quorum_need(rule, total):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows())
 def test_random_workflows_keep_the_scheduling_invariants(case):
-    steps, policy, failing_keys, seed, cpus = case
+    steps, policy, failing_keys, cached_keys, seed, cpus, window = case
     rng = random.Random(seed)
-    core = scheduler(steps, capacity={"cpus": cpus}, on_failure=policy)
-    # A task fails (every attempt) when a hash of its name lands in the failing set.
-    fails = {name for name in _all_names(steps) if any(k in f"{zlib.crc32(name.encode()) % 9973:x}" for k in failing_keys)}
+    core = scheduler(steps, capacity={"cpus": cpus}, on_failure=policy, window=window)
+    # A task fails (every attempt) when a hash of its name lands in the failing set; one whose
+    # hash lands in the cached set is found in the cache when it is handed out.
+    fails = _hashed(steps, failing_keys)
+    cached = _hashed(steps, cached_keys) - fails
+    records = []  # every record handed out, with how it read then
+    inputs = {}  # each task's inputs, as last handed out
 
     running: dict[str, int] = {}
     started_attempts: set[tuple[str, int]] = set()
@@ -61,11 +68,25 @@ def test_random_workflows_keep_the_scheduling_invariants(case):
         if core.done:
             break
         now += 1
-        for name in core.drain_stop_requests():
+        for name in core.stops():
+            assert name in running, f"{name} was asked to stop but is not running"
             running.pop(name, None)
             core.cancelled(name, now, "stopped")
-        new = core.next_tasks(now)
+        offered = core.ready(now)
+        assert all(t.state is State.PENDING and t.attempt == 0 and t.inputs is not None for t in offered)
+        assert sum(1 for t in core.tasks.values() if t.state is State.PENDING and t.inputs is not None) <= window
+        for task in offered:
+            records.append((task, repr(task)))
+            inputs[task.name] = task.inputs
+            if task.name in cached:
+                _check_inputs_exist(core, task, steps)
+                core.reused(task.name, task.inputs.get("x", 0), now)
+                finished_order.append(task.name)
+        new = core.admit(now)
         for task in new:
+            records.append((task, repr(task)))
+            inputs[task.name] = task.inputs
+            assert task.state is State.RUNNING and task.name not in cached
             key = (task.name, task.attempt)
             assert key not in started_attempts, f"{key} started twice"
             started_attempts.add(key)
@@ -82,12 +103,13 @@ def test_random_workflows_keep_the_scheduling_invariants(case):
             continue
         name = rng.choice(sorted(running))  # branches finish in random order
         running.pop(name)
-        task = core.tasks[name]
         if name in fails:
             core.failed(name, f"{name} failed", now)
         else:
-            core.succeeded(name, task.inputs.get("x", 0) if task.inputs else 0, now)
+            core.succeeded(name, inputs[name].get("x", 0), now)
             finished_order.append(name)
+            with pytest.raises(ValueError):
+                core.succeeded(name, 0, now)  # a second answer for the same attempt is misuse
         if core.aborted and abort_seen_at is None:
             abort_seen_at = now
     else:
@@ -95,8 +117,12 @@ def test_random_workflows_keep_the_scheduling_invariants(case):
 
     assert core.done
     assert all(t.state in TERMINAL for t in core.tasks.values()), {t.name: t.state for t in core.tasks.values()}
+    assert all(repr(record) == then for record, then in records), "a record handed out changed"
+    for task in core.tasks.values():
+        if task.cached:
+            assert task.name in cached and task.attempt == 1 and task.state is State.SUCCEEDED
     for name, step in steps.items():
-        _check_fan_in_and_quorum(core, name, step, steps)
+        _check_fan_in_and_quorum(core, name, step, steps, inputs)
     if core.failures:
         assert core.outcome == "failed"
     else:
@@ -104,6 +130,10 @@ def test_random_workflows_keep_the_scheduling_invariants(case):
     for task in core.tasks.values():
         if task.state is State.FAILED and task.error == f"{task.name} failed":
             assert task.attempt == steps[task.step]["retries"] + 1 or core.aborted
+
+
+def _hashed(steps, keys):
+    return {name for name in _all_names(steps) if any(k in f"{zlib.crc32(name.encode()) % 9973:x}" for k in keys)}
 
 
 def _all_names(steps):
@@ -126,7 +156,7 @@ def _check_inputs_exist(core, task, steps):
             f"{task.name} started while {up} was unfinished")
 
 
-def _check_fan_in_and_quorum(core, name, step, steps):
+def _check_fan_in_and_quorum(core, name, step, steps, inputs):
     tasks = [t for t in core.tasks.values() if t.step == name]
     ups = _upstreams(step)
     for task in tasks:
@@ -136,9 +166,9 @@ def _check_fan_in_and_quorum(core, name, step, steps):
             up_tasks = sorted((t for t in core.tasks.values() if t.step == up), key=lambda t: t.index)
             expected = [t.output for t in up_tasks if t.state in OK]
             if steps[up].get("fan_out"):
-                assert task.inputs[up] == expected, "fan-in is not in declared order"
+                assert inputs[task.name][up] == expected, "fan-in is not in declared order"
             else:
-                assert task.inputs[up] == expected[0]
+                assert inputs[task.name][up] == expected[0]
         if "min_success" in step:
             fan_in = [t for t in core.tasks.values() if t.step in ups and steps[t.step].get("fan_out")]
             need = _quorum_need(step["min_success"], len(fan_in))

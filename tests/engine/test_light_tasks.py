@@ -40,7 +40,7 @@ def _run(workdir, home, policy="fail_fast", retries=0, **params):
 def test_a_step_of_tiny_tasks_turns_light_and_gives_every_output_in_order(workdir, home):
     runner, result = _run(workdir, home)
     assert result.state == "succeeded"
-    assert "tiny" in runner._light.steps
+    assert "tiny" in runner.light.steps
     assert [t.output for t in result.tasks.values() if t.step == "tiny"] == list(range(1, 301))
 
 

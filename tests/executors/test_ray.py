@@ -215,7 +215,7 @@ def test_tiny_tasks_go_out_in_batches_and_every_output_comes_back_in_order(steps
     monkeypatch.setattr(ray_executor.RayExecutor, "_send", lambda self, specs: sizes.append(len(specs)) or send(self, specs))
     runner, result = _tiny(home, steps)
     assert result.state == "succeeded", result.error
-    assert "tiny" in runner._light.steps and max(sizes) > 1
+    assert "tiny" in runner.light.steps and max(sizes) > 1
     assert [t.output for t in result.tasks.values() if t.step == "tiny"] == list(range(300))
 
 
