@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import importlib
 import json
+import logging
 import math
 import os
 import queue
@@ -41,7 +42,8 @@ MAX_BATCH = 16  # light tasks run by one Ray task
 
 class RayExecutor(Executor):
     """Runs tasks on Ray: on the cluster at ``address`` (e.g. ``auto``, ``HOST:6379`` or
-    ``ray://HOST:10001``), or on a local instance it starts with one CPU per core. If this
+    ``ray://HOST:10001``; by default the one ``RAY_ADDRESS`` names, as for Ray itself), or on
+    a local instance it starts with one CPU per core. If this
     process is connected to Ray already, it uses that connection and leaves it open;
     otherwise ``close`` disconnects (and stops the local instance it started). Other keyword
     arguments go to ``ray.init``."""
@@ -63,15 +65,19 @@ class RayExecutor(Executor):
         self._services: dict[str, _Service] = {}
         self._watch: dict[Future, tuple[str, _Service]] = {}  # ("ready" | "exit", service)
         self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        self._results: list[TaskResult] = []  # reported without waiting (stopped tasks)
+        self._results: list[TaskResult] = []  # reported without waiting (stopped or refused tasks)
+        self._refusals: dict[tuple, str | None] = {}  # task shape -> why no node can take it
 
     # -- connecting ---------------------------------------------------------------------
     def _connect(self) -> None:
         if ray.is_initialized():
             return
-        options = {"log_to_driver": False, **self.ray_init_options}
-        if self.address:
-            ray.init(address=self.address, **options)
+        # Quiet: Ray's own start-up and shut-down messages, and its workers' logs, stay out of
+        # the run's output (each task's output is in its log files).
+        options = {"log_to_driver": False, "logging_level": logging.ERROR, **self.ray_init_options}
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, **options)
         else:
             options.setdefault("num_cpus", os.cpu_count() or 1)
             options.setdefault("include_dashboard", False)
@@ -94,12 +100,36 @@ class RayExecutor(Executor):
     # -- submitting ---------------------------------------------------------------------
     def submit(self, spec: TaskSpec) -> None:
         self._connect()
+        refusal = self._refusal(spec)
+        if refusal:
+            self._results.append(TaskResult(spec.task, spec.attempt, "failed", error=refusal, retryable=False,
+                                            ended=time.time(), worker="ray"))
+            return
         if spec.kind == "service":
             self._start_service(spec)
         elif spec.light:
             self._held.setdefault(_shape(spec), []).append(spec)
         else:
             self._send([spec])
+
+    def _refusal(self, spec: TaskSpec) -> str | None:
+        """Why no single node of the cluster can run the task (Ray would hold it forever), or
+        None. The cluster's total may be enough while every node is too small."""
+        shape = _shape(spec)
+        if shape not in self._refusals:
+            self._refusals[shape] = None
+            need = {k: v for k, v in (("CPU", spec.cpus), ("GPU", spec.gpus), ("memory", spec.memory or 0)) if v}
+            nodes = [node for node in ray.nodes() if node.get("Alive")]
+            fits = [n for n in nodes if all(n["Resources"].get(k, 0) + 1e-9 >= v for k, v in need.items())]
+            if nodes and not fits:
+                largest = max(nodes, key=lambda n: [n["Resources"].get(k, 0) for k in need])
+                have = largest["Resources"]
+                self._refusals[shape] = (
+                    f"{spec.task} asks for {_amounts(need)}, more than any node of the Ray cluster has: the "
+                    f"largest, node {largest['NodeID'][:12]} at {largest['NodeManagerAddress']}, has "
+                    f"{_amounts({k: have.get(k, 0) for k in need})}"
+                )
+        return self._refusals[shape]
 
     def flush(self) -> None:
         """Light tasks (steps that proved to be made of tiny tasks) go out in batches, a few
@@ -307,6 +337,11 @@ class _Service:
 
 def _shape(spec: TaskSpec) -> tuple:
     return spec.cpus, spec.gpus, spec.memory
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    names = {"CPU": "cpus", "GPU": "gpus", "memory": "bytes of memory"}
+    return ", ".join(f"{amount:g} {names[key]}" for key, amount in resources.items())
 
 
 def _resources(spec: TaskSpec) -> dict[str, Any]:
