@@ -10,12 +10,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # torch 2.13.0 is pinned in pyproject.toml: a CPU build that pip takes from the machine's disk.
-if ! .venv/bin/python -c "import fanflow, ray, hera, psycopg, nbclient" 2>/dev/null \
+if ! .venv/bin/python -c "import fanflow, ray, hera, psycopg, nbclient, pyte, dask" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.fanflow-installed ]; then
     echo "setup: installing fanflow and its dependencies into .venv (a few minutes on a fresh machine)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     # One line per package as pip collects it, then what it installed; errors still show in full.
-    .venv/bin/python -m pip install --progress-bar off -e '.[dev,ray,export,postgres]' \
+    .venv/bin/python -m pip install --progress-bar off -e '.[dev,ray,export,postgres,bench]' \
         | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; }
     touch .venv/.fanflow-installed
     echo "setup: done. The fanflow command is .venv/bin/fanflow; to have it on PATH in this shell:"

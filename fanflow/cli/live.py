@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -71,9 +72,11 @@ class TaskView:
 class RunView:
     """Collects the engine's events (it is a listener) and renders them."""
 
-    def __init__(self, title: str, console: Console | None = None):
+    def __init__(self, title: str, console: Console | None = None, sizes: Callable[[], dict[str, int]] | None = None):
         self.title = title
         self.console = console or Console(stderr=True)
+        self.sizes = sizes  # each expanded step's number of tasks, from the engine: counts of tasks
+        # whose first event has not come yet
         self.states: dict[str, str] = {}  # every task's state
         self.steps: dict[str, Counter] = {}  # step -> tasks by state
         self.views: dict[str, TaskView] = {}  # tasks worth a line of their own
@@ -160,8 +163,13 @@ class RunView:
                 self._step_lines() + self._task_lines(self._failed()))
             return Group(*lines)
 
+    def _totals(self) -> dict[str, int]:
+        sizes = self.sizes() if self.sizes else {}
+        return {step: max(sum(n for n in counts.values() if n > 0), sizes.get(step, 0))
+                for step, counts in self.steps.items()}
+
     def _header(self) -> Text:
-        total = len(self.states)
+        total = sum(self._totals().values())
         done = sum(counts[s] for counts in self.steps.values() for s in DONE)
         elapsed = time.time() - self.started
         return _line(Text.assemble((self.title, "bold"), f"  {done}/{total} done  {elapsed:.1f}s"))
@@ -182,8 +190,11 @@ class RunView:
     def _step_lines(self) -> list[Text]:
         width = max((len(step) for step in self.steps), default=0)
         lines = []
+        totals = self._totals()
         for step, counts in self.steps.items():
-            total = sum(n for n in counts.values() if n > 0)
+            total = totals[step]
+            counts = Counter(counts)
+            counts["pending"] += total - sum(n for n in counts.values() if n > 0)
             done = sum(counts[s] for s in DONE)
             line = Text.assemble((step.ljust(width), "bold"), f"  {done:>{len(str(total))}}/{total}")
             for state in ("running", "retrying", "serving", "succeeded", "failed", "skipped", "cancelled",

@@ -72,6 +72,7 @@ def _execute(
         resume=resume,
     )
     view.title = f"{spec.name} · run {runner.run_id}" + (f" · resumes {resume}" if resume else "")
+    view.sizes = runner.core.sizes
     with view:
         result = runner.run()
     err.print(view.summary())

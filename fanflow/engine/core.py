@@ -97,8 +97,8 @@ class _Node:
 
 
 class _StepRun:
-    __slots__ = ("activated", "axes", "failed", "frontier", "lost", "name", "needs", "ok", "outcome", "plan",
-                 "queue", "running", "settled", "tasks", "waiting")
+    __slots__ = ("activated", "announced", "axes", "failed", "frontier", "lost", "name", "needs", "ok",
+                 "outcome", "plan", "queue", "running", "settled", "tasks", "waiting")
 
     def __init__(self, plan: StepPlan):
         self.plan = plan
@@ -107,6 +107,7 @@ class _StepRun:
         self.tasks: list[_Node] | None = None
         self.axes: dict[str, list] | None = None  # a fan-out's axes, once known
         self.frontier = 0  # tasks[frontier:] were never handed out
+        self.announced = 0  # tasks[:announced] have had their pending event
         self.queue: deque[_Node] = deque()  # handed out or due for a retry, waiting for admission
         self.needs: dict[int, dict[str, float]] = {}  # resources per task, by light share
         self.running = 0
@@ -205,6 +206,11 @@ class Scheduler:
     def attempt(self, name: str) -> int:
         return self._node(name).attempt
 
+    def sizes(self) -> dict[str, int]:
+        """How many tasks each step has, once expanded (a fan-out's tasks are created at once;
+        their pending events come as they are handed out)."""
+        return {name: len(run.tasks) for name, run in self.steps.items() if run.tasks is not None}
+
     def _node(self, name: str) -> _Node:
         try:
             return self._nodes[name]
@@ -223,6 +229,8 @@ class Scheduler:
             while tasks is not None and run.frontier < len(tasks) and self._waiting < self.window:
                 if self.aborted:
                     return offered
+                if run.frontier >= run.announced:
+                    self._announce(run, run.frontier + self.window, now)
                 node = tasks[run.frontier]
                 run.frontier += 1
                 if node.state is not State.PENDING:
@@ -538,7 +546,9 @@ class Scheduler:
         return axes
 
     def _expand(self, run: _StepRun, axes: dict[str, list] | None, now: float) -> None:
-        """Create the step's tasks: one, or one per branch of its fan-out."""
+        """Create the step's tasks: one, or one per branch of its fan-out. Their pending events
+        come a window at a time, as they are handed out (``_announce``): a fan-out of 100,000
+        never has 100,000 events and items waiting to be recorded at once."""
         run.axes = axes
         run.tasks = []
         names = branch_names(run.name, axes) if axes is not None else [run.name]
@@ -546,7 +556,16 @@ class Scheduler:
             node = _Node(name, run, index)
             self._nodes[name] = node
             run.tasks.append(node)
-            self._emit(node, now, **({"item": item_at(axes, index)} if axes is not None else {}))
+        self._announce(run, self.window, now)
+
+    def _announce(self, run: _StepRun, upto: int, now: float) -> None:
+        """Emit the pending events of the step's tasks up to ``upto``: each task's first event,
+        before any other of its events."""
+        tasks, axes = run.tasks, run.axes
+        upto = min(upto, len(tasks))
+        for node in tasks[run.announced : upto]:
+            self._emit(node, now, **({"item": item_at(axes, node.index)} if axes is not None else {}))
+        run.announced = max(run.announced, upto)
 
     def _skip_step(self, run: _StepRun, now: float, reason: str) -> None:
         self._close_step(run, now, State.SKIPPED, reason)
@@ -576,6 +595,7 @@ class Scheduler:
             except ResolveError:
                 axes = None
             self._expand(run, axes, now)
+        self._announce(run, len(run.tasks), now)
         for node in run.tasks:
             self._end_waiting(node, state, reason, now)
         if run.settled == len(run.tasks):
@@ -608,6 +628,7 @@ class Scheduler:
                 run.activated = True
                 self._end_waiting(self._placeholder(run, now), State.CANCELLED, why, now)
                 continue
+            self._announce(run, len(run.tasks), now)
             for node in run.tasks:
                 if node.state in (State.RUNNING, State.SERVING):
                     self._stops.append(node.name)

@@ -21,7 +21,9 @@ def labels(values: list) -> list[str]:
     """Short names for the values of one fan-out axis."""
     found = []
     for index, value in enumerate(values):
-        if isinstance(value, dict):
+        if type(value) is int:  # the common case, and what json.dumps would write
+            found.append(str(value))
+        elif isinstance(value, dict):
             key = next(
                 (value[k] for k in ("name", "id", "model") if isinstance(value.get(k), str | int)), None
             )

@@ -244,10 +244,10 @@ class Runner:
     def _collect(self, timeout: float | None) -> list[TaskResult]:
         results = self.executor.wait(timeout)
         if results and self.light.steps:
-            # Tiny tasks finish in a stream: gather a few more (for at most 1 ms) so that one
-            # transaction records them all, instead of one transaction each.
-            deadline = time.perf_counter() + 0.001
-            while len(results) < 32 and (left := deadline - time.perf_counter()) > 0:
+            # Tiny tasks finish in a stream, and the workers have plenty queued: gather more
+            # (for at most a few ms) so that one round (one transaction) takes them all.
+            deadline = time.perf_counter() + self.light.GATHER
+            while len(results) < 1024 and (left := deadline - time.perf_counter()) > 0:
                 results += self.executor.wait(left)
         return results
 
@@ -465,6 +465,7 @@ class LightSteps:
     SAMPLES = 8
     FAST = 0.01  # seconds
     QUEUED = 0.05  # seconds of tiny tasks queued per core
+    GATHER = 0.005  # seconds the run loop may wait for more results of tiny tasks
     MIN_SHARE = 16
 
     def __init__(self, plan: Plan, window: int):

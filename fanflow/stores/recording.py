@@ -110,16 +110,29 @@ def encode_output(value) -> str:
     return _encode_container(value)
 
 
+def encode_item(item: dict) -> str:
+    """A fan-out item as JSON text; an item of one axis with a number or a text, directly
+    (axis names are plain names: nothing in them to escape)."""
+    if len(item) == 1:
+        for axis, value in item.items():
+            if type(value) is int or type(value) is str:
+                return f'{{"{axis}":{encode_output(value)}}}'
+    return _encode_container(item)
+
+
 class EventRows:
     """The rows a batch of events turns into, by statement, in the order they must run."""
 
     ORDER = ("task_new", "task_change", "attempt", "artifact", "lineage", "cache")
 
-    def __init__(self, run_id: str, seq: int, started: dict[str, float]):
+    def __init__(self, run_id: str, seq: int, started: dict[str, float], waiting: dict[str, list]):
         self.run_id = run_id
         self.seq = seq  # the next task's creation number
         self.started = started  # task -> when its running attempt started (kept across batches)
-        self.new: dict[str, list] = {}  # tasks created in this batch: their insert row
+        # Tasks handed out that nothing has happened to yet (kept across batches): their row is
+        # written with their next change, as one insert (``unwritten`` writes the rest).
+        self.waiting = waiting
+        self.new: dict[str, list] = {}  # tasks first written in this batch: their insert row
         self.changed: dict[str, list] = {}  # tasks created earlier: their update row
         self.attempts: list[tuple] = []
         self.artifacts: dict[str, tuple] = {}
@@ -138,9 +151,9 @@ class EventRows:
     def add(self, e: Event) -> None:
         detail = e.detail
         if e.state is State.PENDING:
-            item = _encode_container(detail["item"]) if "item" in detail else None
-            self.new[e.task] = [self.run_id, e.task, e.step, self.seq, item,
-                                "pending", 0, None, None, None, False, None, None, None]
+            item = encode_item(detail["item"]) if "item" in detail else None
+            self.waiting[e.task] = [self.run_id, e.task, e.step, self.seq, item,
+                                    "pending", 0, None, None, None, False, None, None, None]
             self.seq += 1
             return
         row = self._row(e.task)
@@ -171,9 +184,18 @@ class EventRows:
         if e.state is State.SUCCEEDED and output is not None:
             self._outputs(e, output, text)
 
+    def unwritten(self) -> None:
+        """Write the rows of the tasks still waiting (the run is ending)."""
+        self.new.update(self.waiting)
+        self.waiting.clear()
+
     def _row(self, task: str) -> list:
         row = self.new.get(task)
         if row is not None:
+            return row
+        row = self.waiting.pop(task, None)
+        if row is not None:
+            self.new[task] = row
             return row
         row = self.changed.get(task)
         if row is None:

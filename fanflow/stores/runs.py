@@ -82,6 +82,7 @@ class RunStore:
         self._raw = None
         self._statements: dict[str, Statement] = {}
         self._started: dict[str, dict[str, float]] = {}  # run -> task -> when its attempt started
+        self._waiting: dict[str, dict[str, list]] = {}  # run -> rows of tasks not written yet
         self._migrate()
 
     # -- schema -------------------------------------------------------------------------
@@ -137,16 +138,21 @@ class RunStore:
                 )
             )
 
-    def record(self, run_id: str, events: list[Event]) -> None:
+    def record(self, run_id: str, events: list[Event], *, ending: bool = False) -> None:
         """Write a batch of state changes in one transaction, committed before returning.
 
         This is the engine's hot path (thousands of tasks a second), so it uses statements
-        compiled once per database and the driver's executemany."""
+        compiled once per database and the driver's executemany. A task handed out that has
+        not started yet is written with its next change (its start, usually): a pending task
+        is nothing the engine has acted on; ``ending`` writes those left."""
         if run_id not in self._seq:
             self._seq[run_id] = self._next_seq(run_id)
-        rows = EventRows(run_id, self._seq[run_id], self._started.setdefault(run_id, {}))
+        rows = EventRows(run_id, self._seq[run_id], self._started.setdefault(run_id, {}),
+                         self._waiting.setdefault(run_id, {}))
         for event in events:
             rows.add(event)
+        if ending:
+            rows.unwritten()
         self._seq[run_id] = rows.seq
         raw = self._raw_connection()
         cursor = raw.cursor()
@@ -190,6 +196,9 @@ class RunStore:
             conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=time.time()))
 
     def finish(self, run_id: str, state: str, error: str | None, ended: float) -> None:
+        if self._waiting.get(run_id):
+            self.record(run_id, [], ending=True)
+        self._waiting.pop(run_id, None)
         self._started.pop(run_id, None)
         with self.engine.begin() as conn:
             conn.execute(

@@ -76,7 +76,7 @@ class TwoNodes:
                 os.killpg(process.pid, signal.SIGTERM)
         for process in reversed(self.processes):
             try:
-                process.wait(10)
+                process.wait(3)
             except subprocess.TimeoutExpired:
                 with _gone_quietly():
                     os.killpg(process.pid, signal.SIGKILL)
