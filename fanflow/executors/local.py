@@ -46,6 +46,7 @@ class _Worker:
     dropped: set[str] = field(default_factory=set)  # queued tasks already reported stopped
     progress: Progress | None = None  # how many tasks it has begun, which it counts itself
     done: int = 0  # results received from it
+    used: bool = False  # ever given a task
 
     @property
     def light(self) -> bool:
@@ -105,11 +106,12 @@ class LocalExecutor(Executor):
     def capacity(self) -> dict[str, float]:
         return dict(self._capacity)
 
-    def start(self, prestart: bool = False) -> None:
-        """Workers start on demand (a run whose tasks are all reused starts none), all that
-        the cores can keep busy at once, since starting one takes a while; ``prestart`` starts
-        them now."""
-        if prestart:
+    def start(self, prestart: bool = True) -> None:
+        """Start one worker per core now (``prestart``), so that they import while the engine
+        records the run's start: a worker takes a while to start. One that never gets a task is
+        killed at ``close``, at no cost to a run whose tasks were all reused. Without
+        ``prestart`` they start with the first task."""
+        if prestart and not self._started:
             self._spawn_all()
         self._started = True
 
@@ -154,6 +156,7 @@ class LocalExecutor(Executor):
                 worker.steps[template] = shared
             worker.outbox.append(own_part(template, spec))
             worker.tasks.append(spec)
+            worker.used = True
             if not spec.light:
                 worker.heavy += 1
             self._busy[spec.task] = worker
@@ -346,19 +349,23 @@ class LocalExecutor(Executor):
             for handle in service.logs:
                 handle.close()
         self._services.clear()
-        busy = [w for w in self._workers if w.tasks]
+        busy = [w for w in self._workers if w.tasks or not w.used]  # never used: it may still be starting
         for worker in busy:
             kill_group(worker.process.pid)
-        for worker in self._idle:
+        idle = [w for w in self._idle if w not in busy]
+        for worker in idle:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
-        for worker in [*self._idle, *busy]:
+        for worker in [*idle, *busy]:
             try:
                 worker.process.wait(2)
             except subprocess.TimeoutExpired:
                 kill_group(worker.process.pid)
                 worker.process.wait()
             worker.conn.close()
+            if worker.progress:
+                worker.progress.close()
+        self._workers.clear()
         self._idle.clear()
         self._busy.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)

@@ -46,6 +46,18 @@ def load_yaml_with_positions(text: str, file: str | None) -> tuple[Any, Position
     """Parse YAML safely and record positions; duplicate keys are an error (YAML itself would
     silently keep the last one, hiding a second step of the same name)."""
     try:
+        loader = _FastLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError:
+        data = None
+    else:
+        return _checked(node, data, text, file)
+    # Not valid YAML: the pure-Python parser says where and what, in its own words.
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -54,6 +66,15 @@ def load_yaml_with_positions(text: str, file: str | None) -> tuple[Any, Position
         raise SpecError(
             SpecIssue(f"not valid YAML: {problem}", file=file, line=line, column=column)
         ) from None
+    return _checked(node, yaml.load(text, Loader=yaml.SafeLoader) if node is not None else None, text, file)
+
+
+# libyaml's safe loader when PyYAML has it (parsing in C, once for both the positions and the
+# values), else the pure-Python one.
+_FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _checked(node, data: Any, text: str, file: str | None) -> tuple[Any, Positions]:
     if node is None:
         raise SpecError(SpecIssue("the file is empty: expected a workflow with name and steps", file=file))
     table: dict[Path, tuple[int, int]] = {}
@@ -61,7 +82,6 @@ def load_yaml_with_positions(text: str, file: str | None) -> tuple[Any, Position
     _walk(node, (), table, issues, file)
     if issues:
         raise SpecError(issues)
-    data = yaml.load(text, Loader=yaml.SafeLoader)
     return data, Positions(table, file)
 
 
