@@ -1,5 +1,7 @@
-"""Engine benchmarks: scheduling overhead, parallel efficiency, shared-memory fan-out, and the
-time of a fully cached re-run. Prints a table; ``--json`` prints the figures as JSON.
+"""Engine benchmarks, the engine alone: scheduling overhead, parallel efficiency, shared-memory
+fan-out, and the time of a fully cached re-run. The runs are made in this process through the
+Python API (no command-line start-up, no live view), so these are the engine-only figures;
+``bench_cli.py`` measures what users run. Prints a table; ``--json`` prints the figures as JSON.
 
     python benchmarks/bench_engine.py                    # everything, local executor
     python benchmarks/bench_engine.py --only overhead --executor ray
@@ -206,7 +208,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"fanflow engine benchmarks · executor {args.executor} · {figures['cores']} cores")
+    print(f"fanflow engine benchmarks, the engine alone (in-process: no CLI start-up, no live view) · "
+          f"executor {args.executor} · {figures['cores']} cores")
     for row in figures.get("overhead", []):
         print(
             f"  overhead   N={row['n']:>6}: {row['wall_s']:7.3f} s  {row['tasks_per_s']:>7} tasks/s"
