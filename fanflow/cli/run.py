@@ -91,15 +91,12 @@ def _report(result, runner, project, json_output: bool) -> None:
     from fanflow.vocab.states import OK
 
     artifacts = ArtifactStore(project.artifacts_url)
-    tasks = list(result.tasks.values())
-    counts: dict[str, int] = {}
-    for task in tasks:
-        counts[task.state.value] = counts.get(task.state.value, 0) + 1
-    cached = sum(1 for t in tasks if t.cached)
+    tasks = result.tasks
+    counts, cached = tasks.counts()
     leaves = [name for name, s in runner.plan.steps.items() if not s.downstream]
     results = {}
     for name in leaves:
-        outputs = [locations(t.output, artifacts) for t in tasks if t.step == name and t.state in OK]
+        outputs = [locations(t.output, artifacts) for t in tasks.of_step(name) if t.state in OK]
         if outputs:
             fanned = bool(runner.plan.steps[name].step.fan_out)
             results[name] = outputs if fanned else outputs[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -35,10 +34,6 @@ def labels(values: list) -> list[str]:
         else:
             found.append(json.dumps(value))
     return found
-
-
-def branch_count(axes: dict[str, list]) -> int:
-    return math.prod(len(values) for values in axes.values())
 
 
 def branch_names(step: str, axes: dict[str, list]) -> Iterator[str]:

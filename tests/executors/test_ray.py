@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -166,22 +167,44 @@ def test_stop_kills_a_hung_task_and_its_children_and_reports_at_once(steps, tmp_
     assert ray.is_initialized()  # it found Ray running: it leaves it running
 
 
+def _occupy(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def test_a_service_ray_cannot_place_is_still_reported_once_stopped(steps, tmp_path, monkeypatch):
     from fanflow.executors import ray as ray_executor
 
     monkeypatch.setattr(ray_executor, "SERVICE_STOP_GRACE", 0.5)
+    blocker = ray.remote(num_cpus=2)(_occupy).remote(60)  # the node's cores are taken for now
     spec = TaskSpec(run_id="r", task="serve", step="serve", attempt=1, uses="raysteps:hang", kind="service",
                     inputs={"pid_file": str(tmp_path / "pids")}, artifacts=str(tmp_path / "artifacts"),
-                    cpus=64, import_paths=[str(steps)])
+                    cpus=2, import_paths=[str(steps)])
     executor = ray_executor.RayExecutor()
+    try:
+        executor.submit(spec)
+        assert executor.wait(0.5) == []
+        executor.stop("serve", "timeout", "not ready after 1s")
+        results, deadline = [], time.time() + 20
+        while not results and time.time() < deadline:
+            results = executor.wait(0.5)
+        assert [(r.task, r.status, r.error) for r in results] == [("serve", "timeout", "not ready after 1s")]
+    finally:
+        executor.close()
+        ray.cancel(blocker, force=True)
+
+
+def test_a_task_bigger_than_every_node_is_refused_at_once_naming_the_task_and_the_node(steps, tmp_path):
+    from fanflow.executors.ray import RayExecutor
+
+    spec = TaskSpec(run_id="r", task="huge[x=1]", step="huge", attempt=1, uses="raysteps:version", inputs={"x": 1},
+                    artifacts=str(tmp_path / "artifacts"), cpus=64, import_paths=[str(steps)])
+    executor = RayExecutor()
     executor.submit(spec)
-    assert executor.wait(0.5) == []
-    executor.stop("serve", "timeout", "not ready after 1s")
-    results, deadline = [], time.time() + 20
-    while not results and time.time() < deadline:
-        results = executor.wait(0.5)
-    assert [(r.task, r.status, r.error) for r in results] == [("serve", "timeout", "not ready after 1s")]
+    [result] = executor.wait(0)
     executor.close()
+    assert (result.task, result.status, result.retryable) == ("huge[x=1]", "failed", False)
+    assert re.fullmatch(r"huge\[x=1\] asks for 64 cpus, more than any node of the Ray cluster has: the largest, "
+                        r"node \w+ at [\d.]+, has 2 cpus", result.error), result.error
 
 
 TINY = """
