@@ -36,6 +36,7 @@ from typing import Any
 from fanflow.executors.base import TaskSpec
 from fanflow.vocab import modules
 from fanflow.vocab.imports import shipped_digest
+from fanflow.vocab.manifest import ARTIFACT_KEY, artifact_refs
 
 _CODE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -290,12 +291,16 @@ class StoreMemo:
         previous: dict[str, dict] | None = None,
         code: CodeHasher | None = None,
         no_cache_steps: set[str] | None = None,
+        artifacts=None,
     ):
         self.store = store
+        self.artifacts = artifacts  # checks that reused outputs' objects are there and intact
         self.use_cache = use_cache
         self.previous = previous or {}  # task name -> {"cache_key", "output"} of the resumed run
         self.code = code or CodeHasher()
         self.no_cache_steps = no_cache_steps or set()
+        self.reasons: dict[str, str] = {}  # task -> why an earlier output was not reused
+        self._verdicts: dict[str, str | None] = {}
 
     @property
     def active(self) -> bool:
@@ -320,4 +325,22 @@ class StoreMemo:
             for key, output in self.store.cached_outputs(by_key).items():
                 for name in by_key[key]:
                     found[name] = output
+        if self.artifacts is not None:
+            for name in [n for n, output in found.items() if self._damaged(n, found[n])]:
+                del found[name]
         return found
+
+    def rerun_reason(self, task: str) -> str | None:
+        """Why a task ran although an earlier output matched it (its artifacts were gone)."""
+        return self.reasons.get(task)
+
+    def _damaged(self, task: str, output: Any) -> bool:
+        """An earlier output whose artifacts are missing or damaged is not reused."""
+        for ref in artifact_refs(output):
+            digest = ref[ARTIFACT_KEY]
+            if digest not in self._verdicts:
+                self._verdicts[digest] = self.artifacts.intact(digest, ref.get("suffix", ""))
+            if self._verdicts[digest]:
+                self.reasons[task] = f"ran again: its earlier output could not be reused ({self._verdicts[digest]})"
+                return True
+        return False

@@ -59,6 +59,8 @@ class Memo(Protocol):
     def lookup(self, wanted: list[tuple[TaskSpec, str]]) -> dict[str, Any]:
         """Outputs to reuse for the tasks of ``wanted`` (spec, key), by task name."""
 
+    def rerun_reason(self, task: str) -> str | None: ...
+
 
 @dataclass
 class RunInfo:
@@ -304,6 +306,8 @@ class Runner:
             key = self._keys.pop(name, None)
             if key is not None:
                 extra["cache_key"] = key
+                if why := self.memo.rerun_reason(name):
+                    extra["reason"] = why
             core.succeeded(name, result.output, now, **extra, **detail)
         elif result.status == "serving":
             self._deadlines.pop(name, None)

@@ -1,4 +1,5 @@
-"""Garbage collection: old runs, their logs, and artifacts nothing references any more."""
+"""Garbage collection: old runs, their logs, artifacts nothing references any more, and the
+temporary files of writes that never finished (a killed engine or worker)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ class GcReport:
     artifacts: list[str] = field(default_factory=list)
     bytes: int = 0
     kept_runs: int = 0
+    temp_files: list[str] = field(default_factory=list)
+    temp_bytes: int = 0
+
+
+TEMP_GRACE = 3600.0  # while a run is live, only temporary files older than this are its leftovers
 
 
 def collect(project, *, keep: int = 20, older_than: str | None = None, dry_run: bool = False) -> GcReport:
@@ -41,6 +47,16 @@ def collect(project, *, keep: int = 20, older_than: str | None = None, dry_run: 
             shutil.rmtree(project.home / "logs" / run_id, ignore_errors=True)
             shutil.rmtree(project.home / "tmp" / run_id, ignore_errors=True)
     artifacts = ArtifactStore(project.artifacts_url)
+    live = any(row.state == "running" for row in rows)
+    for path in artifacts.temp_files(older_than=TEMP_GRACE if live else 0.0):
+        try:
+            size = path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        except FileNotFoundError:  # its write just finished
+            continue
+        report.temp_files.append(str(path))
+        report.temp_bytes += size
     if not artifacts.local:
         return report  # remote stores are shared: leave their objects alone
     keep_digests = store.referenced_digests()

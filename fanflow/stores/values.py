@@ -6,7 +6,9 @@ for (datetimes, sets, dataclasses, ...: ``fanflow.stores.typed``); every other l
 array, bytes, a file, a torch tensor or state dict, a scikit-learn estimator, a table or a
 value with a registered serializer: ``fanflow.stores.serializers``) is written once to the
 artifact store and replaced by ``{"$artifact": "sha256:...", "format": ..., ...}``. Consumers
-get the leaves back loaded: arrays memory-mapped, files as read-only paths.
+get the leaves back loaded: arrays memory-mapped, files as read-only paths, every one
+verified against its digest first (see ``ArtifactStore.path``), so a damaged object fails the
+task that reads it instead of handing it wrong data.
 """
 
 from __future__ import annotations
@@ -102,11 +104,11 @@ def _put_array(array, store: ArtifactStore, where: str) -> dict:
 
     if array.dtype.hasobject:
         raise UnstorableValue(f"{where}: NumPy arrays of Python objects cannot be stored safely")
-    tmp = store.temp_path(".npy")
-    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
-    # np.save appends .npy only when missing; temp_path ends in ".npy.part".
-    written = tmp if tmp.exists() else Path(str(tmp) + ".npy")
-    obj = store.put_file(written, suffix=".npy", move=True)
+    with store.writing(".npy") as tmp:  # removed if the disk fills up
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+        # np.save appends .npy only when missing; temp_path ends in ".npy.part".
+        written = tmp if tmp.exists() else Path(str(tmp) + ".npy")
+        obj = store.put_file(written, suffix=".npy", move=True)
     return {
         ARTIFACT_KEY: obj.digest,
         "format": "npy",

@@ -220,8 +220,12 @@ def test_killing_a_writer_never_leaves_an_artifact_that_reads_as_complete(tmp_pa
         "store = ArtifactStore(sys.argv[1])\n"
         "for i in range(1000):\n"
         "    store.put_bytes(os.urandom(64 * 2**20), suffix='.bin')\n")
-    for delay in (0.3, 0.6, 0.9):
+    for delay in (0.0, 0.3, 0.6):
+        before = len(list((root / "tmp").glob("*.part"))) if root.exists() else 0
         proc = subprocess.Popen([sys.executable, str(writer), str(root)])
+        deadline = time.time() + 60  # a loaded machine may take seconds to start writing
+        while time.time() < deadline and len(list((root / "tmp").glob("*.part"))) <= before:
+            time.sleep(0.01)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -32,11 +32,14 @@ def test_a_tampered_object_fails_verification(tmp_path):
     store = ArtifactStore(tmp_path / "a")
     obj = store.put_bytes(b"weights", suffix=".pt")
     path = store.path(obj.digest, ".pt")
+    assert path.stat().st_mode & 0o777 == 0o444  # stored objects are read-only
+    path.chmod(0o644)
     path.write_bytes(b"evil")
-    with pytest.raises(IntegrityError):
-        store.path(obj.digest, ".pt", verify=True)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="is damaged"):
         store.read_bytes(obj.digest, ".pt")
+    assert not path.exists() and len(list((tmp_path / "a" / "quarantine").iterdir())) == 1
+    with pytest.raises(KeyError, match="is not in the store"):
+        store.path(obj.digest, ".pt")
 
 
 def test_values_round_trip_with_arrays_memory_mapped(store, tmp_path):
