@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The run store resolves run ids (an id, a unique prefix, `latest`), so its errors live there.
+from fanflow.stores.errors import AmbiguousRun, RunNotFound
 
-class RunNotFound(LookupError):
-    """No run has the id (or unique prefix) asked for."""
-
-    def __str__(self) -> str:  # LookupError would quote the message
-        return str(self.args[0])
+__all__ = ["AmbiguousRun", "RunFailed", "RunNotFound"]
 
 
 class RunFailed(Exception):

@@ -16,13 +16,13 @@ from typing import Any
 
 from fanflow.engine.cache import CodeHasher, StoreMemo
 from fanflow.engine.runner import Runner, RunResult
-from fanflow.errors import RunNotFound
 from fanflow.executors import create_executor
 from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
 from fanflow.stores.artifacts import ArtifactNotFound, ArtifactStore
 from fanflow.stores.code import put_code, read_code
+from fanflow.stores.errors import RunLeased
 from fanflow.stores.runs import RunRow, RunStore, default_url
 from fanflow.vocab.imports import shipped_digest
 from fanflow.vocab.states import Event
@@ -94,10 +94,9 @@ class Project:
             raise SpecError(SpecIssue(f"no such file, and {exc}", file=str(path))) from None
 
     def get_run(self, run_id: str) -> RunRow:
-        row = self.store.get_run(run_id)
-        if row is None:
-            raise RunNotFound(f"no run {run_id!r} in {self.db_url} (see: fanflow runs)")
-        return row
+        """The run ``run_id`` names: its id, a unique prefix of it, or ``latest``. Raises
+        RunNotFound, or AmbiguousRun (a RunNotFound) listing the runs a prefix matches."""
+        return self.store.find_run(run_id)
 
     def runner(
         self,
@@ -126,6 +125,7 @@ class Project:
             previous=previous,
             code=code,
             no_cache_steps={n for n, s in workflow.steps.items() if not s.cache},
+            artifacts=self.artifacts(),
         )
         return Runner(
             workflow,
@@ -179,10 +179,18 @@ class Project:
         return workflow.model_copy(update={"steps": steps}), params, previous
 
     def resumable(self, run_id: str, allow_running: bool = False) -> tuple[Workflow, dict[str, Any], str]:
-        """The workflow and parameters of an earlier run, to continue it."""
+        """The workflow and parameters of an earlier run (its id, a unique prefix, or
+        ``latest``), to continue it. Refused while another engine continues it (the lease
+        taken when the run begins is what makes that safe; this only says so early)."""
         row = self.get_run(run_id)
         if row.state == "running" and not allow_running:
             raise SpecError(SpecIssue(f"run {row.id} is still running (pid alive); stop it first"))
+        holder = self.store.lease_holder(row.id)
+        if holder is not None:
+            raise RunLeased(
+                f"run {row.id} is already being continued by run {holder.id} (pid {holder.pid} on "
+                f"{holder.host}): wait for it to end, or stop it first"
+            )
         if row.state == "interrupted":
             self.store.mark_interrupted(row.id)
         return self.workflow_of(row), row.params, row.id

@@ -1,7 +1,8 @@
 """``fanflow``: run, check, draw and inspect workflows.
 
 Each command group lives in its own module (``run``, ``runs``, ``workflows``, ``predict``,
-``kube``); this one only wires them into one command and maps user errors to exit code 2."""
+``kube``, ``doctor``); this one only wires them into one command and maps user errors to exit
+code 2, and a run store that cannot be used to one line and exit code 1."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import Annotated
 
 import typer
 
-from fanflow.cli import kube, predict, run, runs, workflows
+from fanflow.cli import doctor, kube, predict, run, runs, workflows
 from fanflow.cli.common import UsageError, err, escape
 from fanflow.errors import RunNotFound
 from fanflow.spec.errors import SpecError
+from fanflow.stores.errors import RunLeased, RunStoreError
 
 app = typer.Typer(
     name="fanflow",
@@ -30,7 +32,7 @@ for command in (run.run, run.resume, run.serve, predict.predict):
 for command in (workflows.validate, workflows.pack, workflows.describe, workflows.schema, workflows.graph):
     app.command()(command)
 app.command("list")(workflows.list_workflows)
-for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc):
+for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc, doctor.doctor):
     app.command()(command)
 app.add_typer(kube.export_app, name="export")
 app.command("exec")(kube.exec_command)
@@ -63,9 +65,12 @@ def main() -> None:
                 f"[bold red]error:[/] {escape(str(issue))}", markup=True, highlight=False, soft_wrap=True
             )
         sys.exit(2)
-    except (UsageError, RunNotFound) as exc:
+    except (UsageError, RunNotFound, RunLeased) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
+    except RunStoreError as exc:  # damaged, full, or not a run store: what to do, not a traceback
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fanflow.cli.common import HomeOption, err, escape, load, open_project, out, parse_params
+from fanflow.stores.errors import RunLeased, RunStoreError
 
 
 def run(
@@ -74,7 +77,11 @@ def _execute(
     view.title = f"{spec.name} · run {runner.run_id}" + (f" · resumes {resume}" if resume else "")
     view.sizes = runner.core.sizes
     with view:
-        result = runner.run()
+        try:
+            result = runner.run()
+        except RunStoreError as exc:
+            _record_failure(project, runner.run_id, exc)
+            raise
     err.print(view.summary())
     _report(result, runner, project, json_output)
     if out_dir is not None:
@@ -83,6 +90,15 @@ def _execute(
         _keep_serving(runner, result)
     project.close()
     raise typer.Exit(0 if result.state == "succeeded" else (130 if result.state == "cancelled" else 1))
+
+
+def _record_failure(project, run_id: str, exc: Exception) -> None:
+    """Mark the run failed when its store failed under it (a full disk may refuse even this:
+    the run then reads as interrupted, and resumes like one)."""
+    if isinstance(exc, RunLeased):
+        return
+    with contextlib.suppress(Exception):
+        project.store.finish(run_id, "failed", str(exc), time.time())
 
 
 def _report(result, runner, project, json_output: bool) -> None:

@@ -2,14 +2,21 @@
 
 SQLite in the project folder by default (WAL mode, nothing to set up); any SQLAlchemy URL
 (PostgreSQL, ...) through ``FANFLOW_DB``. The schema carries a version number and is
-migrated forward on open by the ordered steps in ``MIGRATIONS``.
+migrated forward on open by the ordered steps in ``MIGRATIONS``. A damaged or full database
+raises ``RunStoreError`` saying what to do, never a driver's traceback; a file that is not a
+run store is refused, not reused (see ``dbfile``).
+
+A run that continues another (resume, serve) holds a lease on it from ``begin`` to
+``finish``, so two engines never continue the same run at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,11 +24,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fanflow.stores import dbfile
+from fanflow.stores.errors import AmbiguousRun, RunLeased, RunNotFound
 from fanflow.stores.recording import LOOKUP_CHUNK, EventRows, Statement
 from fanflow.stores.schema import (
     artifacts,
     attempts,
     cache,
+    leases,
     lineage,
     meta_table,
     migrate,
@@ -62,20 +72,47 @@ class RunRow:
     resumed_from: str | None
     spec: dict
     home: str | None
+    host: str | None = None  # where the engine ran, and its process id
+    pid: int | None = None
 
     @property
     def duration(self) -> float | None:
         return (self.ended - self.started) if self.ended else None
 
 
+def _engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _plain_error(context) -> None:
+        problem = dbfile.failure(context.original_exception, url)
+        if problem is not None:
+            raise problem
+
+    return engine
+
+
+def create_store(url: str) -> None:
+    """Create (or bring up to date) the tables of a run store at ``url``."""
+    engine = _engine(url)
+    try:
+        migrate(engine, url)
+    finally:
+        engine.dispose()
+
+
 class RunStore:
     def __init__(self, url: str):
         self.url = url
-        if url.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
-        self.engine = sa.create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        path = dbfile.sqlite_file(url)
+        if path is not None:
+            if path.exists():
+                dbfile.refuse_if_foreign(path)
+            else:
+                dbfile.create_whole(path, create_store)
+        self.engine = _engine(url)
         self._conn: sa.Connection | None = None
         self._last_beat = 0.0
         self._seq: dict[str, int] = {}
@@ -83,11 +120,16 @@ class RunStore:
         self._statements: dict[str, Statement] = {}
         self._started: dict[str, dict[str, float]] = {}  # run -> task -> when its attempt started
         self._waiting: dict[str, dict[str, list]] = {}  # run -> rows of tasks not written yet
+        self._keepalive: tuple[threading.Thread, threading.Event] | None = None
         self._migrate()
 
     # -- schema -------------------------------------------------------------------------
     def _migrate(self) -> None:
         migrate(self.engine, self.url)
+
+    def _plain(self, exc: BaseException) -> BaseException:
+        """A database failure as the store's own error (see ``dbfile.failure``)."""
+        return dbfile.failure(exc, self.url) or exc
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
@@ -98,6 +140,7 @@ class RunStore:
             )
 
     def close(self) -> None:
+        self._stop_keepalive()
         self._release_connections()
         self.engine.dispose()
 
@@ -119,6 +162,8 @@ class RunStore:
         spec = run.workflow.model_dump(mode="json", by_alias=True, exclude_none=True)
         spec["import_paths"] = run.workflow.import_paths  # where sub-workflows' modules live
         with self.engine.begin() as conn:
+            if run.resumed_from:
+                self._claim(conn, run.resumed_from, run.run_id)
             conn.execute(
                 runs.insert().values(
                     id=run.run_id,
@@ -137,6 +182,61 @@ class RunStore:
                     resumed_from=run.resumed_from,
                 )
             )
+        self._start_keepalive(run.run_id)
+
+    def _claim(self, conn, target: str, owner: str) -> None:
+        """Take the lease on ``target`` for the run ``owner``, or raise RunLeased naming the
+        live engine that holds it. The insert comes first so that SQLite takes its write lock
+        before reading: two engines claiming at once are serialised, never both let in."""
+        mine = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "taken": time.time()}
+        if _claim_new(conn, target, mine):
+            return
+        held = conn.execute(sa.select(leases).where(leases.c.run_id == target)).mappings().one()
+        holder = conn.execute(sa.select(runs).where(runs.c.id == held["owner"])).mappings().first()
+        if holder is not None and holder["state"] == "running" and not self._is_dead(holder):
+            raise RunLeased(
+                f"run {target} is already being continued by run {held['owner']} (pid {held['pid']} "
+                f"on {held['host']}): wait for it to end, or stop it first"
+            )
+        taken = conn.execute(
+            leases.update()
+            .where(leases.c.run_id == target, leases.c.owner == held["owner"])
+            .values(**mine)
+        )
+        if taken.rowcount != 1:
+            raise RunLeased(f"run {target} was claimed by another engine just now")
+
+    def lease_holder(self, target: str) -> RunRow | None:
+        """The live run that holds the lease on ``target``, if any."""
+        with self.engine.connect() as conn:
+            owner = conn.execute(sa.select(leases.c.owner).where(leases.c.run_id == target)).scalar()
+            row = conn.execute(sa.select(runs).where(runs.c.id == owner)).mappings().first() if owner else None
+        if row is None or row["state"] != "running" or self._is_dead(row):
+            return None
+        return self._run_row(row)
+
+    def _start_keepalive(self, run_id: str) -> None:
+        """Renew the run's heartbeat while its engine lives, even while no task changes state
+        (a long training task), so that no other engine takes it for dead."""
+        self._stop_keepalive()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_EVERY):
+                if time.time() - self._last_beat > HEARTBEAT_EVERY:
+                    with contextlib.suppress(Exception):  # the next record says what is wrong
+                        self.heartbeat(run_id, own_connection=True)
+
+        thread = threading.Thread(target=beat, name="fanflow-heartbeat", daemon=True)
+        thread.start()
+        self._keepalive = (thread, stop)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            thread, stop = self._keepalive
+            stop.set()
+            thread.join()
+            self._keepalive = None
 
     def record(self, run_id: str, events: list[Event], *, ending: bool = False) -> None:
         """Write a batch of state changes in one transaction, committed before returning.
@@ -167,9 +267,13 @@ class RunStore:
                 beat = self._prepared("heartbeat")
                 cursor.execute(beat.sql, beat.params([(now, run_id)])[0])
             raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # a damaged or full database may refuse this too
+                raw.rollback()
+            problem = self._plain(exc)
+            if problem is exc:
+                raise
+            raise problem from None
         finally:
             cursor.close()
 
@@ -190,12 +294,19 @@ class RunStore:
                 sa.select(sa.func.count()).select_from(tasks).where(tasks.c.run_id == run_id)
             ).scalar_one()
 
-    def heartbeat(self, run_id: str) -> None:
-        conn = self._connection()
-        with conn.begin():
-            conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=time.time()))
+    def heartbeat(self, run_id: str, own_connection: bool = False) -> None:
+        now = time.time()
+        if own_connection:
+            with self.engine.begin() as conn:
+                conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
+        else:
+            conn = self._connection()
+            with conn.begin():
+                conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
+        self._last_beat = now
 
     def finish(self, run_id: str, state: str, error: str | None, ended: float) -> None:
+        self._stop_keepalive()
         if self._waiting.get(run_id):
             self.record(run_id, [], ending=True)
         self._waiting.pop(run_id, None)
@@ -204,6 +315,7 @@ class RunStore:
             conn.execute(
                 runs.update().where(runs.c.id == run_id).values(state=state, error=error, ended=ended)
             )
+            conn.execute(leases.delete().where(leases.c.owner == run_id))
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -225,18 +337,65 @@ class RunStore:
                 for key, output in cursor.fetchall():
                     found[key] = json.loads(output)
             raw.commit()
+        except Exception as exc:
+            problem = self._plain(exc)
+            if problem is exc:
+                raise
+            raise problem from None
         finally:
             cursor.close()
         return found
 
+    def forget_cached(self, keys: Iterable[str]) -> None:
+        """Drop cache entries (their artifacts are gone or damaged)."""
+        keys = list(keys)
+        with self.engine.begin() as conn:
+            for start in range(0, len(keys), 500):
+                conn.execute(cache.delete().where(cache.c.key.in_(keys[start : start + 500])))
+
     # -- reading ------------------------------------------------------------------------
-    def get_run(self, run_id: str) -> RunRow | None:
+    def find_run(self, ref: str) -> RunRow:
+        """The run ``ref`` names: its id, a unique prefix of it, or ``latest``. Raises
+        RunNotFound, or AmbiguousRun listing the runs a prefix matches."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
-            if row is None:  # a unique prefix is enough
-                rows = conn.execute(sa.select(runs).where(runs.c.id.like(f"{run_id}%"))).mappings().all()
-                row = rows[0] if len(rows) == 1 else None
-        return self._run_row(row) if row else None
+            if ref == "latest":
+                row = conn.execute(sa.select(runs).order_by(runs.c.started.desc()).limit(1)).mappings().first()
+                if row is None:
+                    raise RunNotFound(f"no runs yet in {self._where()}")
+                return self._run_row(row)
+            row = conn.execute(sa.select(runs).where(runs.c.id == ref)).mappings().first()
+            if row is not None:
+                return self._run_row(row)
+            pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = conn.execute(
+                sa.select(runs.c.id, runs.c.workflow, runs.c.state)
+                .where(runs.c.id.like(pattern, escape="\\"))
+                .order_by(runs.c.started.desc())
+                .limit(11)
+            ).all()
+            if len(rows) == 1:
+                row = conn.execute(sa.select(runs).where(runs.c.id == rows[0].id)).mappings().first()
+                return self._run_row(row)
+        if not rows:
+            raise RunNotFound(f"no run {ref!r} in {self._where()} (see: fanflow runs)")
+        listed = [f"{r.id} ({r.workflow}, {r.state})" for r in rows[:10]]
+        more = " and more" if len(rows) > 10 else ""
+        raise AmbiguousRun(
+            f"{ref!r} matches several runs: {'; '.join(listed)}{more}; give more of the id",
+            [r.id for r in rows[:10]],
+        )
+
+    def get_run(self, ref: str) -> RunRow | None:
+        """Like ``find_run``, but None when no run matches (an ambiguous prefix still raises)."""
+        try:
+            return self.find_run(ref)
+        except AmbiguousRun:
+            raise
+        except RunNotFound:
+            return None
+
+    def _where(self) -> str:
+        return str(dbfile.sqlite_file(self.url) or self.url.split("@")[-1])
 
     def list_runs(self, limit: int = 20, workflow: str | None = None) -> list[RunRow]:
         query = sa.select(runs).order_by(runs.c.started.desc()).limit(limit)
@@ -262,6 +421,8 @@ class RunStore:
             row["resumed_from"],
             json.loads(row["spec"]),
             row["home"],
+            row["host"],
+            row["pid"],
         )
 
     @staticmethod
@@ -367,6 +528,20 @@ class RunStore:
         with self.engine.begin() as conn:
             for start in range(0, len(digests), 500):
                 conn.execute(artifacts.delete().where(artifacts.c.digest.in_(digests[start : start + 500])))
+
+
+def _claim_new(conn, target: str, mine: dict) -> bool:
+    """Insert the lease row unless one is there; whether it was inserted."""
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        insert = __import__(f"sqlalchemy.dialects.{name}", fromlist=["insert"]).insert
+        return conn.execute(insert(leases).values(run_id=target, **mine).on_conflict_do_nothing()).rowcount == 1
+    try:
+        with conn.begin_nested():
+            conn.execute(leases.insert().values(run_id=target, **mine))
+    except sa.exc.IntegrityError:
+        return False
+    return True
 
 
 def _task_dict(row) -> dict:

@@ -7,7 +7,9 @@ import time
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+from fanflow.stores.errors import RunStoreError
+
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -103,11 +105,27 @@ cache = sa.Table(
 )
 
 
+# Which engine owns a run it continues (resume, serve): one row per run being continued.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),  # the run being continued
+    sa.Column("owner", sa.String(64), nullable=False),  # the run continuing it
+    sa.Column("host", sa.String(200)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("taken", sa.Float),
+)
+
+
 def _migrate_to_1(conn) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(conn, tables=[runs, tasks, attempts, artifacts, lineage, cache])
 
 
-MIGRATIONS = [_migrate_to_1]  # MIGRATIONS[i] brings the schema from version i to i + 1
+def _migrate_to_2(conn) -> None:
+    leases.create(conn, checkfirst=True)
+
+
+MIGRATIONS = [_migrate_to_1, _migrate_to_2]  # MIGRATIONS[i] brings the schema from version i to i + 1
 
 
 def migrate(engine: sa.Engine, url: str) -> None:
@@ -127,7 +145,7 @@ def _migrate_once(engine: sa.Engine, url: str) -> None:
         row = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise RunStoreError(
                 f"the run store at {url} has schema version {version}; this fanflow "
                 f"knows up to {SCHEMA_VERSION}: upgrade fanflow"
             )

@@ -93,13 +93,16 @@ def test_schema_is_versioned_and_a_newer_schema_is_refused(db_url):
 
 def test_migrations_bring_an_empty_database_to_the_current_version(db_url):
     engine = sa.create_engine(db_url)
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         assert not sa.inspect(conn).has_table("runs")
+        # An empty SQLite database that is a database: a header, no tables (a 0-byte file is refused).
+        conn.exec_driver_sql("CREATE TABLE scratch (a INTEGER)")
+        conn.exec_driver_sql("DROP TABLE scratch")
     engine.dispose()
     store = RunStore(db_url)
     with store.engine.connect() as conn:
         names = set(sa.inspect(conn).get_table_names())
-    assert {"runs", "tasks", "attempts", "artifacts", "lineage", "cache", "fanflow_meta"} <= names
+    assert {"runs", "tasks", "attempts", "artifacts", "lineage", "cache", "leases", "fanflow_meta"} <= names
     store.close()
 
 
@@ -114,4 +117,43 @@ def test_a_run_whose_engine_died_reads_as_interrupted(db_url):
             heartbeat=time.time(), host="some-other-host", pid=1))
     states = {r.id: r.state for r in store.list_runs()}
     assert states == {"dead": "interrupted", "alive": "running"}
+    store.close()
+
+
+def test_gc_older_than_reads_days_as_its_help_says(tmp_path):
+    from tests.conftest import cli
+
+    home = tmp_path / "h"
+    store = RunStore(f"sqlite:///{home / 'runs.db'}")
+    with store.engine.begin() as conn:
+        for run_id, age_days in (("old", 8), ("recent", 2)):
+            started = time.time() - age_days * 86400
+            conn.execute(schema.runs.insert().values(
+                id=run_id, workflow="w", spec="{}", params="{}", state="succeeded", started=started,
+                ended=started + 1, heartbeat=started, host="h", pid=1))
+    store.close()
+    result = cli("gc", "--keep", "0", "--older-than", "7d", "--home", home, check=True)
+    assert "dropped 1 runs" in result.stdout and "run old" in result.stdout
+    assert [r.id for r in RunStore(f"sqlite:///{home / 'runs.db'}").list_runs()] == ["recent"]
+
+
+def test_a_run_is_found_by_prefix_or_latest_and_an_ambiguous_prefix_lists_the_runs(tmp_path):
+    from fanflow.stores.errors import AmbiguousRun, RunNotFound
+
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    with store.engine.begin() as conn:
+        for number, run_id in enumerate(("20260101-aaaa", "20260102-bbbb", "20260102-bbcc")):
+            conn.execute(schema.runs.insert().values(
+                id=run_id, workflow="w", spec="{}", params="{}", state="succeeded", started=1000.0 + number,
+                ended=1001.0 + number, heartbeat=1000.0, host="h", pid=1))
+    assert store.find_run("20260101").id == "20260101-aaaa"
+    assert store.find_run("latest").id == "20260102-bbcc"
+    with pytest.raises(AmbiguousRun) as info:
+        store.find_run("2026")
+    assert info.value.candidates == ["20260102-bbcc", "20260102-bbbb", "20260101-aaaa"]
+    assert "'2026' matches several runs: 20260102-bbcc (w, succeeded); 20260102-bbbb" in str(info.value)
+    with pytest.raises(RunNotFound, match="no run '2025'"):
+        store.find_run("2025")
+    with pytest.raises(RunNotFound):
+        store.find_run("2026010_")  # a LIKE wildcard is only a character here
     store.close()
