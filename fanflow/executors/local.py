@@ -27,6 +27,7 @@ from fanflow.executors.processes import (
     SERVICE_STOP_GRACE,
     Progress,
     error_tail,
+    exit_description,
     kill_group,
     start_service_process,
 )
@@ -228,7 +229,7 @@ class LocalExecutor(Executor):
                     rows = conn.recv()
                 except (EOFError, OSError):
                     code = _exit_code(worker.process)
-                    results += self._lost_results(worker, f"the worker process died (exit code {code})")
+                    results += self._lost_results(worker, f"the worker process died ({exit_description(code)})")
                     break
                 worker.done += len(rows)
                 for row in rows:
@@ -404,7 +405,8 @@ class LocalExecutor(Executor):
                             spec.attempt,
                             "exited",
                             ended=time.time(),
-                            error=f"the service exited with code {code}" + (f": {why}" if why else ""),
+                            error=(f"the service exited with code {code}" if code >= 0
+                                   else f"the service was {exit_description(code)}") + (f": {why}" if why else ""),
                         )
                     )
                 continue

@@ -1,7 +1,16 @@
-"""Process plumbing shared by the local executor's workers and services."""
+"""Process plumbing shared by the local executor's workers and services.
+
+A task's whole process tree dies with it. Each worker and service runs in a session of its
+own and is a *child subreaper* (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``): a process its task
+starts stays its descendant even when it starts a session of its own and its parent exits
+(a daemon's double fork), instead of being handed to PID 1. So the engine finds every one of
+them when it stops a task (timeout, cancel: ``kill_group``), and when the engine itself dies
+the worker is told (``PR_SET_PDEATHSIG``), kills its descendants and exits.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import json
@@ -13,29 +22,106 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 SERVICE_STOP_GRACE = 5.0  # seconds a service gets to shut down after SIGTERM
+
+
+def _prctl(option: int, value: int) -> bool:
+    if sys.platform != "linux":
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def die_with_parent() -> None:
     """Ask Linux to kill this process when the process that started it dies, so a killed
     engine leaves no orphaned workers behind (a no-op elsewhere)."""
-    if sys.platform != "linux":
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def guard_task_tree() -> None:
+    """For a process that runs tasks: become the reaper of every process they start, kill
+    those that are left when this process ends, and when the engine (the parent) dies, kill
+    them all and exit. Linux only; elsewhere it only does ``die_with_parent``."""
+    parent = os.getppid()
+    if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
+        die_with_parent()
         return
+    signal.signal(signal.SIGTERM, _exit_with_tree)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    atexit.register(kill_descendants)
+    if os.getppid() != parent:  # the engine died before it could tell us
+        _exit_with_tree(signal.SIGTERM, None)
+
+
+def _exit_with_tree(signum, _frame) -> None:
+    kill_descendants()
+    os._exit(128 + signum)
+
+
+def kill_descendants(pid: int | None = None) -> None:
+    """Kill every descendant of a process (this one by default), not the process itself."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+        root = psutil.Process(pid or os.getpid())
+    except psutil.Error:
+        return
+    _kill_tree(root, include_root=False)
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal a process and every child in its process group."""
+    """Signal a process and every child in its process group; with SIGKILL, also every
+    descendant that left the group (started a session of its own), frozen first so that
+    none can start another while they are found."""
+    if sig == signal.SIGKILL:
+        with contextlib.suppress(psutil.Error):
+            _kill_tree(psutil.Process(pid), include_root=True)
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def _kill_tree(root: psutil.Process, include_root: bool) -> None:
+    frozen: dict[int, psutil.Process] = {}
+    if include_root:
+        _signal(root, signal.SIGSTOP)
+        frozen[root.pid] = root
+    while True:  # freeze until no new descendant appears
+        try:
+            found = [p for p in root.children(recursive=True) if p.pid not in frozen]
+        except psutil.Error:
+            found = []
+        if not found:
+            break
+        for process in found:
+            _signal(process, signal.SIGSTOP)
+            frozen[process.pid] = process
+    for process in frozen.values():
+        _signal(process, signal.SIGKILL)
+
+
+def _signal(process: psutil.Process, sig: int) -> None:
+    with contextlib.suppress(psutil.Error, OSError):
+        process.send_signal(sig)
+
+
+def exit_description(code: int | None) -> str:
+    """How a process ended, for people: ``exit code 3``, ``killed by SIGSEGV (signal 11)``."""
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "a signal"
+        return f"killed by {name} (signal {-code})"
+    return f"exit code {code}"
 
 
 class OutputCapture:

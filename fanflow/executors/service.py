@@ -9,12 +9,12 @@ import json
 import sys
 
 from fanflow.executors.base import TaskSpec
-from fanflow.executors.processes import die_with_parent
+from fanflow.executors.processes import guard_task_tree
 from fanflow.executors.worker import call_step, describe, set_task_environment
 
 
 def main(argv: list[str]) -> int:
-    die_with_parent()
+    guard_task_tree()
     with open(argv[0], encoding="utf-8") as f:
         spec = TaskSpec(**json.load(f))
     set_task_environment(spec)

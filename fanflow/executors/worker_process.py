@@ -14,7 +14,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from fanflow.executors.processes import OutputCapture, Progress, die_with_parent
+from fanflow.executors.processes import OutputCapture, Progress, guard_task_tree
 from fanflow.executors.wire import result_row, spec_from
 from fanflow.executors.worker import execute
 
@@ -22,7 +22,7 @@ SEND_EVERY = 0.002  # seconds
 
 
 def main(fd: int, name: str, progress_fd: int) -> int:
-    die_with_parent()
+    guard_task_tree()  # a task's child processes die with it, and with the engine
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides about Ctrl-C
     conn = Connection(socket.socket(fileno=fd).detach())
     capture = OutputCapture()
