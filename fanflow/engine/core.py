@@ -458,6 +458,7 @@ class Scheduler:
             tally.lost += run.lost
             if failures:
                 tally.failures += [f"{n.name}: {n.error}" for n in sorted(run.failed, key=lambda n: n.index)]
+        tally.pending = tally.total - tally.ok - tally.lost
         return tally, known
 
     def _tolerated(self, run: _StepRun) -> bool:

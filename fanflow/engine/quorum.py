@@ -21,6 +21,7 @@ class Tally:
     total: int = 0
     ok: int = 0
     lost: int = 0  # ended without succeeding (failed, skipped, cancelled)
+    pending: int = 0  # not ended yet (a verdict said now counts successes so far only)
     failures: list[str] = field(default_factory=list)  # "task: error", in declared order
 
     def need(self, rule: int | float) -> int:
@@ -33,10 +34,15 @@ class Tally:
         return self.total - self.lost >= self.need(rule)
 
     def describe(self, rule: int | float) -> str:
-        detail = (
-            f"{self.ok} of {self.total} branches of {', '.join(self.sources)} succeeded, "
-            f"{self.need(rule)} needed"
-        )
+        sources = ", ".join(self.sources)
+        if self.pending:
+            # Said while branches still run: the count of successes is not final, the losses are.
+            detail = (
+                f"{self.lost} of {self.total} branches of {sources} did not succeed, so at most "
+                f"{self.total - self.lost} can ({self.ok} have so far), {self.need(rule)} needed"
+            )
+        else:
+            detail = f"{self.ok} of {self.total} branches of {sources} succeeded, {self.need(rule)} needed"
         if self.failures:
             detail += "; failed: " + "; ".join(self.failures)
         return detail

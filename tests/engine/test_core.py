@@ -103,9 +103,29 @@ def test_a_quorum_that_can_no_longer_be_met_fails_at_once_and_cancels_the_rest()
     tasks = step(core, 1)
     core.failed(tasks[0].name, "boom", 2)
     assert core.tasks["pick"].state is State.FAILED
-    assert core.tasks["pick"].error.startswith("quorum can no longer be met: 0 of 4 branches of w succeeded, 4 needed")
+    assert core.tasks["pick"].error.startswith(
+        "quorum can no longer be met: 1 of 4 branches of w did not succeed, so at most 3 can (0 have so far), 4 needed")
     assert "w[x=1]: boom" in core.tasks["pick"].error
     assert sorted(core.stops()) == ["w[x=2]", "w[x=3]", "w[x=4]"]
+
+
+def test_an_unmet_quorum_said_while_branches_run_counts_what_is_final():
+    # Three branches fail before the two that succeed end: the message is written then, so it
+    # must not read "0 of 5 succeeded" once two have.
+    core = scheduler({
+        "w": {"uses": NOOP, "fan_out": {"x": [1, 2, 3, 4, 5]}},
+        "pick": {"uses": NOOP, "with": {"got": "${w[*]}"}, "min_success": 3},
+    }, capacity={"cpus": 5}, on_failure="continue")
+    core.start(0)
+    tasks = {t.name: t for t in core.next_tasks(1)}
+    for name in ("w[x=3]", "w[x=4]", "w[x=5]"):
+        core.failed(name, "boom", 2)
+    for name in ("w[x=1]", "w[x=2]"):
+        core.succeeded(name, 1, 3)
+    error = core.tasks["pick"].error
+    assert "3 of 5 branches of w did not succeed, so at most 2 can" in error, error
+    assert "0 of 5 branches of w succeeded" not in error
+    assert sum(t.state is State.SUCCEEDED for t in tasks.values()) == 2
 
 
 def test_wait_quorum_starts_the_fan_in_as_soon_as_the_quorum_succeeded():
