@@ -21,7 +21,9 @@ def upstream(workflow: Workflow, name: str) -> list[str]:
     """The steps ``name`` depends on, in declared order: referenced ones and ``needs``."""
     step = workflow.steps[name]
     wanted = {ref.root for ref, _ in step_refs(step) if ref.is_step} | set(step.needs)
-    return [s for s in workflow.steps if s in wanted]
+    if len(wanted) == 1:  # the usual case, without a pass over every step
+        return [s for s in wanted if s in workflow.steps]
+    return [s for s in workflow.steps if s in wanted] if wanted else []
 
 
 def fans_in(workflow: Workflow, name: str) -> list[str]:

@@ -14,13 +14,24 @@ from fanflow.spec.model import Param, Resources, Step, Workflow
 from fanflow.spec.positions import Positions, load_yaml_with_positions
 
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_BYTES = 16 * 2**20  # far more than any workflow needs, and still read in seconds
 
 
 def load_workflow(path: str | Path, *, check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
     """Read and validate a workflow file (YAML, or Python defining a ``fanflow.Workflow``)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (*YAML_SUFFIXES, ".py"))[:5]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise SpecError(SpecIssue(f"is a folder, not a workflow file: give a .yaml or .py file{hint}",
+                                  file=str(path)))
     if not path.is_file():
         raise SpecError(SpecIssue("no such workflow file (expected a .yaml or .py file)", file=str(path)))
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise SpecError(SpecIssue(f"the file is {size / 2**20:.1f} MiB; a workflow file may be at most "
+                                  f"{MAX_BYTES // 2**20} MiB (keep large data in files that steps read)",
+                                  file=str(path)))
     if path.suffix == ".py":
         from fanflow.spec.python_api import load_python_workflow
 
@@ -85,6 +96,10 @@ def _data_path(loc: tuple, data: Any) -> tuple:
     """The part of pydantic's location that exists in the document (it appends type tags)."""
     path, node = [], data
     for part in loc:
+        if part == "[key]":  # pydantic's mark for an error in a mapping's key: the key is the place
+            break
+        if isinstance(node, dict) and part not in node:  # pydantic names a key 1 or null as text
+            part = next((key for key in node if str(key) == part), part)
         if (isinstance(node, dict) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and part < len(node)
         ):
@@ -125,6 +140,11 @@ def _suggest_field(key: str, path: tuple) -> str:
     model = _MODEL_AT.get(shape, Workflow if len(path) == 1 else None)
     if model is None:
         return ""
-    names = [f.alias or n for n, f in model.model_fields.items() if n != "source"]
+    names = [f.alias or n for n, f in model.model_fields.items() if n not in ("source", "import_paths")]
     close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(names)})"
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if model is Param:
+        return (f" in a parameter's declaration (expected one of: {', '.join(names)}; a mapping as the "
+                "default is written {type: dict, default: {...}})")
+    return f" (expected one of: {', '.join(names)})"

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from fanflow.vocab.units import parse_duration, parse_size
 
@@ -40,7 +49,7 @@ class Resources(_Strict):
 
 
 ParamType = Literal["str", "int", "float", "bool", "list", "dict", "any"]
-_PARAM_KEYS = {"type", "default", "description", "choices"}
+PARAM_KEYS = ("type", "default", "required", "description", "choices")
 
 
 class Param(_Strict):
@@ -55,8 +64,10 @@ class Param(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        # `top_k: 2` is shorthand for `top_k: {type: int, default: 2}`.
-        if isinstance(data, dict) and data and set(data) <= _PARAM_KEYS | {"required"}:
+        # `top_k: 2` is shorthand for `top_k: {type: int, default: 2}`. A mapping that uses
+        # any declaration key (or only near-misses of them) is a declaration, checked
+        # strictly: `{type: int, defualt: 3}` is an error, not a mapping-valued parameter.
+        if isinstance(data, dict) and is_declaration(data):
             data = dict(data)
             if "default" not in data:
                 data.setdefault("required", True)
@@ -64,6 +75,14 @@ class Param(_Strict):
                 data["type"] = type_name(data["default"])
             return data
         return {"type": type_name(data), "default": data}
+
+
+def is_declaration(mapping: dict) -> bool:
+    keys = [str(k) for k in mapping]
+    return bool(keys) and (
+        any(k in PARAM_KEYS for k in keys)
+        or all(difflib.get_close_matches(k, PARAM_KEYS, n=1, cutoff=0.75) for k in keys)
+    )
 
 
 def type_name(value: Any) -> str:
@@ -76,6 +95,25 @@ def type_name(value: Any) -> str:
 
 
 FailurePolicy = Literal["fail_fast", "continue"]
+
+
+def _step_name(name: str) -> str:
+    if not re.match(STEP_NAME_PATTERN, name) or name in ("params", "item"):
+        raise ValueError(
+            f"step name {name!r} must be a name (letters, digits, _ and -), not 'params' or 'item'"
+        )
+    return name
+
+
+def _param_name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"parameter name {name!r} must be a name (letters, digits, _ and -)")
+    return name
+
+
+# Checked as the keys they are, so that an error points at the step's (parameter's) own line.
+StepName = Annotated[str, AfterValidator(_step_name)]
+ParamName = Annotated[str, AfterValidator(_param_name)]
 
 
 class Step(_Strict):
@@ -170,8 +208,8 @@ class Workflow(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     version: str | None = None
-    params: dict[str, Param] = Field(default_factory=dict)
-    steps: dict[str, Step] = Field(description="Steps by name, in the order they are declared.")
+    params: dict[ParamName, Param] = Field(default_factory=dict)
+    steps: dict[StepName, Step] = Field(description="Steps by name, in the order they are declared.")
     outputs: dict[str, Any] | None = Field(
         None,
         description="What the workflow gives a workflow that uses it, e.g. {model: ${select}}; "
@@ -192,23 +230,10 @@ class Workflow(_Strict):
 
     @field_validator("steps")
     @classmethod
-    def _step_names(cls, steps):
+    def _some_steps(cls, steps):
         if not steps:
             raise ValueError("a workflow needs at least one step")
-        for name in steps:
-            if not re.match(STEP_NAME_PATTERN, name) or name in ("params", "item"):
-                raise ValueError(
-                    f"step name {name!r} must be a name (letters, digits, _ and -), not 'params' or 'item'"
-                )
         return steps
-
-    @field_validator("params")
-    @classmethod
-    def _param_names(cls, params):
-        for name in params:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"parameter name {name!r} must be a name (letters, digits, _ and -)")
-        return params
 
     def policy(self, step: str) -> FailurePolicy:
         return self.steps[step].on_failure or self.on_failure

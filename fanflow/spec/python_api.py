@@ -35,6 +35,7 @@ from fanflow.spec import shipping
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
 from fanflow.spec.positions import Positions
+from fanflow.spec.validate import shadows_stdlib
 from fanflow.vocab.imports import shipped_digest
 
 
@@ -237,6 +238,9 @@ def flow(name: str, *, params: dict[str, Any] | None = None, **options: Any) -> 
 def load_python_workflow(path: Path, *, check_imports: bool = True, _stack: tuple[str, ...] = ()) -> Workflow:
     """Import a Python workflow file (its folder on the import path) and build its spec."""
     path = Path(path).resolve()
+    shadowed = shadows_stdlib(path.stem)
+    if shadowed:
+        raise SpecError(SpecIssue(shadowed, file=str(path), line=1, column=1))
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -246,6 +250,16 @@ def load_python_workflow(path: Path, *, check_imports: bool = True, _stack: tupl
             module = importlib.reload(module)
     except SpecError:
         raise
+    except SystemExit as exc:  # sys.exit() at import: that is not a workflow, whatever the code
+        raise SpecError(
+            SpecIssue(
+                f"the workflow file exited while being imported (sys.exit({exc.code!r})); a workflow "
+                "file defines its workflow and leaves running it to fanflow (guard scripts with "
+                "`if __name__ == '__main__':`)",
+                file=str(path),
+                line=_error_line(exc, path),
+            )
+        ) from None
     except Exception as exc:  # the user's module failed to import: say where, not a traceback
         raise SpecError(
             SpecIssue(

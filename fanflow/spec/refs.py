@@ -96,10 +96,12 @@ def iter_refs(value: Any, where: tuple = ()) -> Iterator[tuple[Ref, tuple]]:
                 yield ref, where
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from iter_refs(item, (*where, key))
+            if isinstance(item, str | dict | list):  # numbers and the like hold no reference
+                yield from iter_refs(item, (*where, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from iter_refs(item, (*where, index))
+            if isinstance(item, str | dict | list):
+                yield from iter_refs(item, (*where, index))
 
 
 def substitute(value: Any, lookup) -> Any:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import graphlib
 import importlib.util
+import inspect
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path as FilePath
+from typing import Any
 
 from fanflow.spec import conditions
 from fanflow.spec.errors import SpecError, SpecIssue
@@ -30,13 +34,13 @@ def check(workflow: Workflow, positions: Positions | None = None, *, check_impor
     if not issues:
         issues += _check_cycles(workflow, positions)
     if not issues and check_imports:
+        folders = _folders(workflow.source, workflow.import_paths)
         with importable_from(workflow.source, workflow.import_paths):
             for name, step in workflow.steps.items():
                 if shipped_digest(step.uses):
                     continue  # shipped with the workflow, not imported by name
-                problem = missing_function(step.uses)
-                if problem:
-                    issues.append(positions.issue(problem, ("steps", name, "uses")))
+                for problem, where in function_problems(step.uses, list(step.with_), folders):
+                    issues.append(positions.issue(problem, ("steps", name, *where)))
     if issues:
         raise SpecError(issues)
 
@@ -88,6 +92,10 @@ def _check_step(workflow: Workflow, name: str, step: Step, positions: Positions)
                 )
             elif isinstance(values, list) and not values:
                 issues.append(positions.issue("an empty list fans out into no tasks", where))
+            elif isinstance(values, str):
+                problem = _fan_out_over_non_list(workflow, whole_ref(values))
+                if problem:
+                    issues.append(positions.issue(problem, where))
     if isinstance(step.when, str):
         problem = conditions.syntax_problem(step.when)
         if problem:
@@ -105,6 +113,18 @@ def _check_step(workflow: Workflow, name: str, step: Step, positions: Positions)
             positions.issue("a service runs in its own process; remove executor: thread", (*base, "executor"))
         )
     return issues
+
+
+def _fan_out_over_non_list(workflow: Workflow, ref: Ref) -> str | None:
+    """A fan-out over a parameter that cannot hold a list (a step's output is known only when
+    it runs)."""
+    if ref.root != PARAMS or len(ref.path) != 1 or ref.path[0] not in workflow.params:
+        return None
+    param = workflow.params[ref.path[0]]
+    kind = param.type if param.type != "any" else (type_name(param.default) if param.default is not None else "any")
+    if kind in ("list", "any"):
+        return None
+    return f"fans out over {ref}, a parameter of type {kind}: a fan-out needs a list (make it type: list)"
 
 
 def _check_ref(workflow: Workflow, name: str, step: Step, ref: Ref, where: tuple) -> str | None:
@@ -188,11 +208,15 @@ def _suggest(word: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _folders(source: str | None, extra: list[str] = ()) -> list[str]:
+    folders = [str(FilePath(source).resolve().parent)] if source else []
+    return folders + [f for f in extra if f not in folders]
+
+
 @contextmanager
 def importable_from(source: str | None, extra: list[str] = ()):
     """Make modules that sit next to the workflow file (and its sub-workflows') importable."""
-    folders = [str(FilePath(source).resolve().parent)] if source else []
-    folders += [f for f in extra if f not in folders]
+    folders = _folders(source, extra)
     added = [f for f in folders if f not in sys.path]
     for folder in reversed(added):
         sys.path.insert(0, folder)
@@ -204,33 +228,171 @@ def importable_from(source: str | None, extra: list[str] = ()):
 
 
 def missing_function(uses: str) -> str | None:
-    """Why ``module:function`` cannot be found, without running the module, or None."""
+    """Why ``module:function`` cannot be found or called, without running the module, or None."""
+    problems = function_problems(uses, None)
+    return problems[0][0] if problems else None
+
+
+def function_problems(uses: str, arguments: list[str] | None, folders: list[str] = ()) -> list[tuple[str, tuple]]:
+    """What keeps the step's function from being called with ``arguments`` (the keys of its
+    ``with``; None to check the function alone), each with where it is (``("uses",)``,
+    ``("with", key)``). Read from the source, without running it, unless the module is
+    already imported."""
     module, _, attribute = uses.partition(":")
+    shadowed = shadows_stdlib(module)
+    if shadowed and _user_module(module, folders):
+        return [(shadowed, ("uses",))]
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as exc:
-        return f"cannot find module {module!r}: {exc}"
+        return [(f"cannot find module {module!r}: {exc}", ("uses",))]
     if spec is None:
-        return f"cannot find module {module!r}"
+        return [(f"cannot find module {module!r}", ("uses",))]
     loaded = sys.modules.get(module)
     if loaded is not None and _same_file(getattr(loaded, "__file__", None), spec.origin):
         target = loaded
         for part in attribute.split("."):
             if not hasattr(target, part):
-                return f"module {module!r} defines no {part!r}{_suggest(part, dir(target))}"
+                return [(f"module {module!r} defines no {part!r}{_suggest(part, dir(target))}", ("uses",))]
             target = getattr(target, part)
-        return None if callable(target) else f"{uses} is not a function"
+        if not callable(target):
+            return [(f"{uses} is a {type(target).__name__}, not a function", ("uses",))]
+        return _loaded_signature_problems(uses, target, arguments)
     origin = spec.origin
     if not origin or not origin.endswith(".py"):
-        return None  # a compiled or namespace module: checked when the task runs
+        return []  # a compiled or namespace module: checked when the task runs
     try:
-        tree = ast.parse(FilePath(origin).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
-        return f"cannot read module {module!r}: {exc}"
+        tree = _parsed(origin, os.stat(origin).st_mtime_ns)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        return [(f"cannot read module {module!r}: {exc}", ("uses",))]
     top = attribute.split(".")[0]
-    if top in _defined_names(tree) or _has_dynamic_names(tree):
-        return None
-    return f"module {module!r} defines no {top!r}{_suggest(top, _defined_names(tree))}"
+    binding = _binding(tree, top)
+    if binding is None:
+        if _has_dynamic_names(tree):
+            return []
+        return [(f"module {module!r} defines no {top!r}{_suggest(top, _defined_names(tree))}", ("uses",))]
+    if "." in attribute:
+        return []
+    kind = _literal_kind(binding)
+    if kind:
+        return [(f"{uses} is {kind}, not a function", ("uses",))]
+    if arguments is None or not isinstance(binding, ast.FunctionDef | ast.AsyncFunctionDef) or binding.decorator_list:
+        return []  # a decorator may change what the function takes: checked when the task runs
+    return _argument_problems(uses, _source_parameters(binding.args), arguments)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(origin: str, _mtime_ns: int) -> ast.Module:
+    """A module's syntax tree, read once however many steps use the module."""
+    return ast.parse(FilePath(origin).read_text(encoding="utf-8"))
+
+
+def shadows_stdlib(module: str) -> str | None:
+    """Why a user's module named like a module of the standard library cannot be used."""
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names:
+        return (
+            f"the module name {top!r} is also the name of a module of Python's standard library, "
+            f"which is imported instead of it: rename {top}.py"
+        )
+    return None
+
+
+def _user_module(module: str, folders: list[str]) -> bool:
+    top = module.split(".")[0]
+    return any((FilePath(f) / f"{top}.py").exists() or (FilePath(f) / top).is_dir() for f in folders)
+
+
+def _loaded_signature_problems(uses: str, target, arguments: list[str] | None) -> list[tuple[str, tuple]]:
+    if arguments is None:
+        return []
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return []  # a builtin without a signature: the call decides
+    return _argument_problems(
+        uses, [(p.name, p.kind, p.default is not inspect.Parameter.empty) for p in parameters], arguments
+    )
+
+
+def _source_parameters(args: ast.arguments) -> list[tuple[str, Any, bool]]:
+    """(name, kind, has a default) of each parameter, as inspect.Parameter would say."""
+    kind = inspect.Parameter
+    positional = [(a, kind.POSITIONAL_ONLY) for a in args.posonlyargs]
+    positional += [(a, kind.POSITIONAL_OR_KEYWORD) for a in args.args]
+    first_default = len(positional) - len(args.defaults)
+    found = [(a.arg, k, i >= first_default) for i, (a, k) in enumerate(positional)]
+    if args.vararg:
+        found.append((args.vararg.arg, kind.VAR_POSITIONAL, True))
+    found += [(a.arg, kind.KEYWORD_ONLY, d is not None) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
+    if args.kwarg:
+        found.append((args.kwarg.arg, kind.VAR_KEYWORD, True))
+    return found
+
+
+def _argument_problems(uses: str, parameters: list, given: list[str]) -> list[tuple[str, tuple]]:
+    """What ``inspect.Signature.bind(**with)`` would refuse: every problem, not the first."""
+    kind = inspect.Parameter
+    by_keyword = [n for n, k, _ in parameters if k in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)]
+    problems, meant = [], set()
+    positional_only = {n for n, k, _ in parameters if k is kind.POSITIONAL_ONLY}
+    for key in given:
+        if key in positional_only:
+            meant.add(key)
+            problems.append((f"{key!r} is positional-only in {uses}: a step's with gives its arguments by "
+                             "keyword", ("with", key)))
+    if not any(k is kind.VAR_KEYWORD for _, k, _ in parameters):
+        for key in given:
+            if key not in by_keyword and key not in positional_only:
+                close = difflib.get_close_matches(key, by_keyword, n=1)
+                meant |= set(close)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append((f"{uses} takes no argument {key!r}{hint}", ("with", key)))
+    missing = [
+        name for name, k, has_default in parameters
+        if not has_default and k not in (kind.VAR_POSITIONAL, kind.VAR_KEYWORD)
+        and name not in meant and (k is kind.POSITIONAL_ONLY or name not in given)
+    ]
+    if missing:
+        listed = ", ".join(repr(m) for m in missing)
+        problems.append((f"{uses} needs {listed}, which the step's with does not give", ("with",)))
+    return problems
+
+
+def _binding(tree: ast.Module, name: str):
+    """The last statement at the module's top level that binds ``name``, or None."""
+    found = None
+    for node in tree.body:
+        if name in _names_bound(node):
+            found = node
+    return found
+
+
+def _names_bound(node) -> set[str]:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return {node.name}
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return {node.target.id}
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    return set()
+
+
+_LITERALS = {
+    ast.List: "a list", ast.ListComp: "a list", ast.Tuple: "a tuple", ast.Dict: "a dict",
+    ast.DictComp: "a dict", ast.Set: "a set", ast.SetComp: "a set", ast.JoinedStr: "text",
+}
+
+
+def _literal_kind(node) -> str | None:
+    """What a top-level assignment binds when it is plainly not callable (a number, text, a
+    list...), else None."""
+    value = getattr(node, "value", None) if isinstance(node, ast.Assign | ast.AnnAssign) else None
+    if isinstance(value, ast.Constant):
+        return "None" if value.value is None else f"a {type(value.value).__name__}"
+    return _LITERALS.get(type(value))
 
 
 def _same_file(a: str | None, b: str | None) -> bool:
@@ -244,14 +406,7 @@ def _same_file(a: str | None, b: str | None) -> bool:
 def _defined_names(tree: ast.Module) -> set[str]:
     names: set[str] = set()
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            names.add(node.target.id)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        names |= _names_bound(node)
     return names
 
 

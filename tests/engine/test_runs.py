@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from fanflow.project import Project
+from fanflow.spec.errors import SpecError
 from fanflow.spec.loader import load_workflow
 from fanflow.stores.artifacts import ArtifactStore
 from fanflow.stores.values import decode
@@ -220,8 +221,12 @@ def test_a_step_returning_something_unstorable_fails_clearly(flow, home):
     assert "a output: cannot store a builtins.object" in result.tasks["a"].error
 
 
-def test_wrong_arguments_name_the_step_function(flow, home):
-    result = run(home, flow("name: args\nsteps:\n  a: {uses: flowsteps:slow, with: {secs: 1}}\n"))
+def test_wrong_arguments_name_the_step_function(flow, home, workdir):
+    text = "name: args\nsteps:\n  a: {uses: flowsteps:slow, with: {secs: 1}}\n"
+    with pytest.raises(SpecError, match="flowsteps:slow takes no argument 'secs'"):
+        flow(text)  # read from the function's source, before anything runs
+    unchecked = load_workflow(write(workdir, "unchecked.yaml", text), check_imports=False)
+    result = run(home, unchecked)  # and still refused, not retried, when the task runs
     assert "flowsteps:slow cannot take the step's 'with'" in result.tasks["a"].error
     assert result.tasks["a"].attempt == 1
 

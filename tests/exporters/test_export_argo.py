@@ -343,7 +343,7 @@ def test_bad_options_are_one_line_with_exit_code_2(tmp_path):
 
 def test_a_refusal_from_the_command_line_names_the_file_step_and_field(tmp_path):
     path = tmp_path / "wf.yaml"
-    path.write_text("name: w\nsteps:\n  a:\n    uses: json:dumps\n    when: len('ab') > 1\n")
+    path.write_text("name: w\nsteps:\n  a:\n    uses: json:dumps\n    with: {obj: 1}\n    when: len('ab') > 1\n")
     result = run_k8s("export", "argo", str(path), "--image", IMAGE, "--artifacts", STORE)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

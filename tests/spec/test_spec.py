@@ -119,7 +119,7 @@ def test_a_python_workflow_that_fails_to_import_names_the_line(workdir):
 def test_params_shorthand_long_form_required_and_cli_conversion(workdir):
     spec = workflow_from_dict({"name": "p", "params": {
         "k": 2, "ratio": {"type": "float", "default": 0.5}, "models": ["a", "b"], "need": {"type": "str"},
-        "on": {"type": "bool", "default": False}}, "steps": {"a": {"uses": "json:dumps"}}})
+        "on": {"type": "bool", "default": False}}, "steps": {"a": {"uses": "json:dumps", "with": {"obj": 1}}}})
     assert spec.params["k"].type == "int" and spec.params["models"].type == "list"
     assert spec.params["need"].required
     with pytest.raises(SpecError, match="parameter 'need' is required"):
@@ -130,7 +130,7 @@ def test_params_shorthand_long_form_required_and_cli_conversion(workdir):
 
 def test_durations_and_memory_sizes_are_read_in_human_units():
     spec = workflow_from_dict({"name": "u", "steps": {"a": {
-        "uses": "json:dumps", "timeout": "1h30m", "retry_backoff": "250ms", "resources": {"memory": "1.5Gi"}}}})
+        "uses": "json:dumps", "with": {"obj": 1}, "timeout": "1h30m", "retry_backoff": "250ms", "resources": {"memory": "1.5Gi"}}}})
     step = spec.steps["a"]
     assert step.timeout == 5400 and step.retry_backoff == 0.25 and step.resources.memory == int(1.5 * 2**30)
 
