@@ -16,6 +16,7 @@ import io
 import json
 import sys
 import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fanflow.spec.subflows import is_workflow_reference, resolve_reference
 
 SUFFIX = ".fanflow"
 MANIFEST = "bundle.json"
+MAX_UNPACKED = 512 * 2**20  # a workflow and its modules; more is not a bundle fanflow wrote
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -96,10 +98,20 @@ def unpack(bundle: str | Path, home: str | Path) -> tuple[Path, dict]:
     bundle = Path(bundle)
     try:
         with zipfile.ZipFile(bundle) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+            if unpacked > MAX_UNPACKED:
+                raise ValueError(f"it would unpack to {unpacked / 2**20:.0f} MiB")
             manifest = json.loads(archive.read(MANIFEST))
             payload = {n.removeprefix("files/"): archive.read(n) for n in archive.namelist() if n.startswith("files/")}
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise BundleError(SpecIssue(f"not a fanflow bundle: {exc}", file=str(bundle))) from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("workflow"), str):
+            raise ValueError(f"its {MANIFEST} names no workflow file")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, OSError, EOFError,
+            zlib.error, NotImplementedError, RuntimeError) as exc:
+        # A damaged zip fails in many ways (a bad CRC, a broken deflate stream, a truncated
+        # directory): each is the same thing to the user.
+        detail = str(exc).strip("'\"") or type(exc).__name__
+        raise BundleError(SpecIssue(f"not a valid fanflow bundle ({detail}): pack it again with "
+                                    "`fanflow pack`", file=str(bundle))) from None
     version = content_hash(payload)
     if version != manifest.get("version"):
         raise BundleError(SpecIssue(f"the bundle's content does not match its version {manifest.get('version')!r}: "
@@ -119,6 +131,9 @@ def unpack(bundle: str | Path, home: str | Path) -> tuple[Path, dict]:
 
             shutil.rmtree(target)
         staging.replace(target)
+    workflow = (target / manifest["workflow"]).resolve()
+    if not workflow.is_relative_to(target.resolve()):
+        raise BundleError(SpecIssue(f"unsafe workflow path {manifest['workflow']!r} in the bundle", file=str(bundle)))
     return target / manifest["workflow"], manifest
 
 

@@ -63,3 +63,20 @@ def test_a_tampered_bundle_is_refused(tmp_path):
     result = cli("run", tampered, "--home", tmp_path / "h", env={"FANFLOW_HOME": str(tmp_path / "h")})
     assert result.returncode == 2
     assert "was changed after it was packed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bundle_with_a_flipped_byte_is_not_a_valid_bundle(tmp_path):
+    path = bundle.pack(_project(tmp_path), tmp_path / "out")
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("files/steps.py")
+    data = bytearray(path.read_bytes())
+    # A byte inside the compressed text of steps.py: a broken deflate stream or a bad CRC.
+    data[info.header_offset + 30 + len(info.filename) + 5] ^= 0xFF
+    damaged = tmp_path / "damaged.fanflow"
+    damaged.write_bytes(bytes(data))
+    for command in (["run", damaged], ["validate", damaged]):
+        result = cli(*command, "--home", tmp_path / "h") if command[0] == "run" else cli(*command)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {damaged}: not a valid fanflow bundle ("), line
