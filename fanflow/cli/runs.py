@@ -44,15 +44,35 @@ def runs(
 FOLD_OVER = 20  # a step with more tasks than this shows one line of counts, and its notable tasks
 NOTABLE_SHOWN = 20  # of a folded step: tasks that failed, were retried or did not finish
 
+RunArgument = Annotated[str, typer.Argument(metavar="RUN", help="A run's id, a unique prefix of it, or 'latest'.")]
+
+
+def _task_named(tasks: list[dict], name: str, run_id: str) -> dict:
+    for task in tasks:
+        if task["name"] == name:
+            return task
+    close = [t["name"] for t in tasks if t["name"].startswith(name)]
+    if len(close) == 1:
+        return next(t for t in tasks if t["name"] == close[0])
+    listed = close or [t["name"] for t in tasks]
+    more = ", …" if len(listed) > 10 else ""
+    raise UsageError(f"run {run_id} has no task {name!r} (tasks: {', '.join(listed[:10])}{more})")
+
 
 def show(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArgument,
+    task: Annotated[
+        str | None, typer.Argument(help="One task, e.g. 'train[model=cnn]': its attempts, error and traceback.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     home: HomeOption = None,
 ) -> None:
-    """Show a run's tasks: states, attempts, durations, reuse and outputs."""
+    """Show a run's tasks: states, attempts, durations, reuse and outputs; or one task whole."""
     project = open_project(home)
     row = project.get_run(run_id)
+    if task is not None:
+        _show_task(project, row, _task_named(project.store.tasks(row.id), task, row.id), json_output)
+        return
     if json_output:
         tasks = project.store.tasks(row.id)
         attempts = project.store.attempts(row.id)
@@ -133,8 +153,47 @@ def _task_node(branch, task: dict, project, run_id: str, artifacts) -> None:
             node.add(Text(line))
 
 
+def _show_task(project, row, task: dict, json_output: bool) -> None:
+    from fanflow.cli.live import STYLE
+    from fanflow.stores.artifacts import ArtifactStore
+    from fanflow.stores.values import locations
+
+    attempts = project.store.attempts(row.id, task["name"])
+    if json_output:
+        print(json.dumps({"run": row.id, "task": task, "attempts": attempts}, indent=2, default=str))
+        return
+    took = f" in {task['ended'] - task['started']:.2f}s" if task["started"] and task["ended"] else ""
+    out.print(
+        f"[bold]{escape(task['name'])}[/] (step {escape(task['step'])}) of run {row.id}: "
+        f"[{STYLE.get(task['state'], '')}]{task['state']}[/]{' (reused)' if task['cached'] else ''}{took}",
+        soft_wrap=True,
+    )
+    if task["item"] is not None:
+        out.print(f"item: {escape(json.dumps(task['item'], default=str))}", soft_wrap=True)
+    if task["reason"]:
+        out.print(f"[dim]{escape(task['reason'])}[/]", soft_wrap=True)
+    if task["output"] is not None:
+        text = json.dumps(locations(task["output"], ArtifactStore(project.artifacts_url)), default=str)
+        out.print(f"output: {escape(text[:2000])}{'…' if len(text) > 2000 else ''}", soft_wrap=True)
+    for attempt in attempts:
+        duration = ""
+        if attempt["started"] and attempt["ended"]:
+            duration = f" {attempt['ended'] - attempt['started']:.2f}s"
+        exit_reason = f" ({attempt['exit_reason']})" if attempt["exit_reason"] else ""
+        worker = f" on {attempt['worker']}" if attempt["worker"] else ""
+        out.print(f"attempt {attempt['attempt']}: {attempt['state']}{exit_reason}{duration}{worker}")
+        if attempt["error"]:
+            out.print(f"  [red]{escape(attempt['error'])}[/]", soft_wrap=True)
+    failed = [a for a in attempts if a["traceback"]]
+    if failed:
+        last = failed[-1]
+        out.print(f"[bold]traceback (attempt {last['attempt']}):[/]")
+        out.print(escape(last["traceback"].rstrip()), soft_wrap=True, markup=True, highlight=False)
+    out.print(f"[dim]logs: fanflow logs {row.id} {escape(task['name'])}[/]", soft_wrap=True)
+
+
 def logs(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArgument,
     task: Annotated[
         str | None, typer.Argument(help="One task, e.g. 'train[model=cnn]'; all when left out.")
     ] = None,
@@ -152,13 +211,10 @@ def logs(
     folder = Path(row.home or project.home) / "logs" / row.id
     tasks = project.store.tasks(row.id)
     if task is not None:
-        chosen = [t for t in tasks if t["name"] == task]
-        if not chosen:
-            names = ", ".join(t["name"] for t in tasks[:10])
-            raise UsageError(
-                f"run {row.id} has no task {task!r} (tasks: {names}{', …' if len(tasks) > 10 else ''})"
-            )
-        tasks = chosen
+        tasks = [_task_named(tasks, task, row.id)]
+    tracebacks = {
+        (a["task"], a["attempt"]): a["traceback"] for a in project.store.attempts(row.id) if a["traceback"]
+    }
     printed = False
     for t in tasks:
         number = attempt or max(t["attempts"], 1)
@@ -172,6 +228,12 @@ def logs(
                 sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
                 sys.stdout.flush()
                 printed = True
+        traceback = tracebacks.get((t["name"], number))
+        if traceback:  # the step's exception, recorded by fanflow rather than printed by the step
+            err.print(f"[bold]── {escape(t['name'])} (attempt {number}, traceback) ──[/]", markup=True)
+            sys.stderr.write(traceback if traceback.endswith("\n") else traceback + "\n")
+            sys.stderr.flush()
+            printed = True
     if follow:
         _follow(project, row.id, folder, tasks, file_name)
     elif not printed:
@@ -207,7 +269,7 @@ def _follow(project, run_id: str, folder: Path, tasks: list[dict], file_name) ->
 
 
 def artifacts(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    run_id: RunArgument,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", help="Copy every output here as STEP/NAME.EXT instead of listing them."),
@@ -259,5 +321,10 @@ def gc(
         f"{verb} {len(report.runs)} runs and {len(report.artifacts)} artifacts "
         f"({report.bytes / 1e6:.1f} MB); kept {report.kept_runs} runs"
     )
+    if report.temp_files:
+        out.print(
+            f"{verb} {len(report.temp_files)} temporary files of unfinished writes "
+            f"({report.temp_bytes / 1e6:.1f} MB)"
+        )
     for run_id in report.runs:
         out.print(f"  run {run_id}")
