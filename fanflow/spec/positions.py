@@ -144,7 +144,8 @@ class _Builder:
             event = loader.get_event()
             kind = type(event)
             if kind is yaml.ScalarEvent and stack and not stack[-1].is_mapping and event.anchor is None:
-                stack[-1].value.append(self.scalar(event))  # most values: a plain item of a list
+                value = self.scalar(event)  # most values: a plain item of a list
+                stack[-1].value.append("<<" if value is _MERGE else value)
             elif kind is yaml.DocumentStartEvent:
                 documents += 1
                 if documents > 1:
@@ -230,9 +231,11 @@ class _Builder:
     def add(self, value: Any, position: Pos, event, is_scalar: bool = False):
         """Put a finished value into the collection being built; the document's value and
         position when there is none (the document is done)."""
-        if not self.stack:
+        parent = self.stack[-1] if self.stack else None
+        if value is _MERGE and (parent is None or parent.key is not _NO_KEY or not parent.is_mapping):
+            value = "<<"  # a merge key only merges where a key stands
+        if parent is None:
             return value, position
-        parent = self.stack[-1]
         if not parent.is_mapping:
             if not is_scalar:
                 parent.positions[len(parent.value)] = position

@@ -157,3 +157,30 @@ def test_a_run_is_found_by_prefix_or_latest_and_an_ambiguous_prefix_lists_the_ru
     with pytest.raises(RunNotFound):
         store.find_run("2026010_")  # a LIKE wildcard is only a character here
     store.close()
+
+
+class _Continuing:
+    """What RunStore.begin reads of a run: here one that continues run ``resumed_from``."""
+
+    def __init__(self, run_id: str, resumed_from: str | None):
+        from fanflow.spec.loader import workflow_from_dict
+
+        self.run_id, self.resumed_from, self.started, self.home = run_id, resumed_from, time.time(), "h"
+        self.workflow = workflow_from_dict({"name": "w", "steps": {"a": {"uses": "json:dumps", "with": {"obj": 1}}}})
+        self.params, self.executor = {}, "local"
+
+
+def test_a_run_is_continued_by_one_engine_at_a_time(db_url):
+    from fanflow.stores.errors import RunLeased
+
+    store = RunStore(db_url)
+    store.begin(_Continuing("first", None))
+    store.finish("first", "failed", "boom", time.time())
+    store.begin(_Continuing("again-1", "first"))
+    with pytest.raises(RunLeased, match=r"run first is already being continued by run again-1 \(pid \d+ on "):
+        store.begin(_Continuing("again-2", "first"))
+    assert store.get_run("again-2") is None  # refused before it was recorded
+    store.finish("again-1", "succeeded", None, time.time())
+    store.begin(_Continuing("again-3", "first"))  # the lease was released
+    store.finish("again-3", "succeeded", None, time.time())
+    store.close()
