@@ -52,6 +52,48 @@ def test_no_module_imports_another_modules_private_names():
             if not module.startswith("fanflow"):
                 continue
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
-            if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+            if private or any(
+                part.startswith("_") and not part.startswith("__") for part in module.split(".")
+            ):
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}: {private}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _importers(target: str, *, outside: str) -> list[str]:
+    """Modules not under ``outside`` that import ``target`` (or a module inside it)."""
+    found = []
+    for path in _modules():
+        if path.is_relative_to(PACKAGE / outside) or path == PACKAGE / outside:
+            continue
+        for module, names, line in _imports(path):
+            imported = [module, *(f"{module}.{n}" for n in names)]
+            if any(m == target or m.startswith(target + ".") for m in imported):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}")
+    return found
+
+
+def test_only_the_kube_package_and_its_commands_import_kubernetes_code():
+    wrong = [
+        line
+        for target in ("fanflow.kube", "hera", "kubernetes", "argo_workflows")
+        for line in _importers(target, outside="kube")
+        if not line.startswith("fanflow/cli/kube.py")
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_executors_hold_local_and_ray_and_exporters_only_drawings():
+    assert {p.stem for p in (PACKAGE / "exporters").glob("*.py")} == {"__init__", "graph"}
+    executors = {p.stem for p in (PACKAGE / "executors").glob("*.py")}
+    assert not {name for name in executors if "pod" in name or "kube" in name or "argo" in name}
+
+
+def test_the_pod_runs_tasks_as_every_backend_does_not_through_the_local_or_ray_executor():
+    wrong = []
+    for path in sorted((PACKAGE / "kube").rglob("*.py")):
+        for module, _, line in _imports(path):
+            if module.startswith(
+                ("fanflow.executors.local", "fanflow.executors.ray", "fanflow.engine.runner")
+            ):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}")
     assert not wrong, "\n".join(wrong)

@@ -1,5 +1,4 @@
-"""Kubernetes commands: ``fanflow export argo|kserve`` and what pods run, ``fanflow exec`` and
-``fanflow check-quorum``.
+"""Kubernetes commands: ``fanflow export argo|kserve`` and what pods run, ``fanflow exec``.
 
 Also runnable on its own: ``python -m fanflow.cli.kube exec ...``.
 """
@@ -12,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from fanflow.kube.versions import OLDEST as OLDEST_ARGO
 from fanflow.spec.errors import SpecError
 
 export_app = typer.Typer(
@@ -61,7 +61,9 @@ def _write(text: str, output: Path | None) -> None:
 # -- fanflow export argo ------------------------------------------------------------------
 @export_app.command("argo")
 def export_argo(
-    workflow: Annotated[Path, typer.Argument(help="A workflow file (.yaml or .py).")],
+    workflow: Annotated[
+        Path, typer.Argument(help="A workflow file (.yaml or .py) or an installed workflow's name.")
+    ],
     image: ImageOption,
     artifacts: Annotated[
         str,
@@ -75,28 +77,53 @@ def export_argo(
         bool, typer.Option("--keep-services", help="Leave the InferenceServices up when the workflow ends.")
     ] = False,
     secret: SecretOption = None,
+    service_account: Annotated[
+        str | None,
+        typer.Option("--service-account", help="The service account every pod of the workflow runs as."),
+    ] = None,
+    rbac_output: Annotated[
+        Path | None,
+        typer.Option(
+            "--rbac-output",
+            help="With --service-account: write the ServiceAccount, Role and RoleBinding it needs here.",
+        ),
+    ] = None,
+    argo_version: Annotated[
+        str,
+        typer.Option(
+            "--argo-version", help="The oldest Argo Workflows version the manifest must run on (3.4 to 4.1)."
+        ),
+    ] = OLDEST_ARGO,
     output: OutputOption = None,
 ) -> None:
     """Write an Argo Workflows manifest that runs each step with `fanflow exec`."""
-    from fanflow.exporters import argo
-    from fanflow.exporters.kube import to_yaml
+    from fanflow.cli.common import UsageError, locate
+    from fanflow.kube import plan, render, versions
+    from fanflow.kube.manifests import to_yaml
     from fanflow.spec.loader import load_workflow
 
+    if rbac_output is not None and not service_account:
+        raise _fail("--rbac-output: name the service account with --service-account")
     try:
-        spec = load_workflow(workflow)
-        manifest = argo.export(
-            spec,
+        spec = load_workflow(locate(workflow))
+        options = dict(
             image=image,
             artifacts=artifacts,
             namespace=namespace,
             template=template,
             keep_services=keep_services,
             secret=secret,
+            service_account=service_account,
+            argo_version=versions.parse(argo_version),
         )
+        manifest = render.export(spec, **options)
+        rbac = render.export_rbac(spec, **options) if rbac_output is not None else None
     except SpecError as exc:
         raise _spec_errors(exc) from None
-    except argo.ExportOptionError as exc:
+    except (plan.ExportOptionError, versions.VersionError, UsageError) as exc:
         raise _fail(str(exc)) from None
+    if rbac is not None:
+        _write(to_yaml(rbac), rbac_output)
     _write(to_yaml(manifest), output)
 
 
@@ -124,8 +151,8 @@ def export_kserve(
     ] = None,
 ) -> None:
     """Write one KServe InferenceService per model a finished run selected, and the gateway."""
-    from fanflow.exporters.kserve import export_run
-    from fanflow.exporters.kube import to_yaml
+    from fanflow.kube.kserve import ServiceError, export_run
+    from fanflow.kube.manifests import to_yaml
     from fanflow.project import Project
 
     project = Project(home)
@@ -142,24 +169,27 @@ def export_kserve(
                 "objects/ to an object store and pass --artifacts s3://bucket/prefix"
             )
         candidates = _selection(project.store.tasks(row.id), row.spec, select)
-        documents = export_run(
-            row.workflow,
-            row.id,
-            candidates,
-            image=image,
-            artifacts=url,
-            namespace=namespace,
-            prefix=name,
-            strategy=strategy,
-            secret=secret,
-        )
+        try:
+            documents = export_run(
+                row.workflow,
+                row.id,
+                candidates,
+                image=image,
+                artifacts=url,
+                namespace=namespace,
+                prefix=name,
+                strategy=strategy,
+                secret=secret,
+            )
+        except ServiceError as exc:
+            raise _fail(str(exc)) from None
     finally:
         project.close()
     _write(to_yaml(documents), output)
 
 
 def _selection(tasks: list[dict], spec: dict, select: str | None) -> list[dict]:
-    from fanflow.exporters.kserve import selected_models
+    from fanflow.kube.kserve import selected_models
 
     steps = list(spec.get("steps", {}))
     if select is not None and select not in steps:
@@ -188,34 +218,31 @@ def _selection(tasks: list[dict], spec: dict, select: str | None) -> list[dict]:
 
 # -- fanflow exec ---------------------------------------------------------------------------
 def exec_command(
-    step: Annotated[str, typer.Option("--step", help="The step's name.")],
-    uses: Annotated[str, typer.Option("--uses", help="The function, as 'package.module:function'.")],
-    with_: Annotated[str, typer.Option("--with", help="The step's 'with' as JSON, references unresolved.")],
-    artifacts: Annotated[str, typer.Option("--artifacts", help="The artifact store's folder or URL.")],
-    output: Annotated[Path, typer.Option("--output", help="Where to write the output manifest (JSON).")],
-    param: Annotated[
-        list[str] | None, typer.Option("--param", help="NAME:TYPE=VALUE, a workflow parameter (repeatable).")
+    artifacts: Annotated[str, typer.Option("--artifacts", help="The run's artifact store (a folder or URL).")],
+    run: Annotated[str, typer.Option("--run", help="The run's id (the Argo workflow's name).")],
+    step: Annotated[str | None, typer.Option("--step", help="Run one task of this step.")] = None,
+    branch: Annotated[
+        int | None, typer.Option("--branch", help="Which branch of a fanned-out step (0, 1, ...).")
     ] = None,
-    item: Annotated[str | None, typer.Option("--item", help="The fan-out item as JSON.")] = None,
-    axis: Annotated[
-        str | None, typer.Option("--axis", help="--item is this axis's value, not an object of axes.")
-    ] = None,
-    input_: Annotated[
-        list[str] | None, typer.Option("--input", help="STEP=JSON, an upstream step's output manifest.")
-    ] = None,
-    collect: Annotated[
-        list[str] | None,
-        typer.Option("--collect", help="STEP=JSON, the list of a fanned-out step's manifests."),
-    ] = None,
-    list_output: Annotated[
-        list[str] | None,
-        typer.Option("--list-output", help="'${step...}'=FILE: write a list later steps fan out over."),
-    ] = None,
-    run: Annotated[str, typer.Option("--run", help="The run's id (the Argo workflow's name).")] = "pod",
     retry: Annotated[int, typer.Option("--retry", help="Attempts already made (Argo's {{retries}}).")] = 0,
-    cpus: Annotated[float, typer.Option(help="Cores granted to the task.")] = 1.0,
-    gpus: Annotated[int, typer.Option(help="GPUs granted to the task.")] = 0,
-    memory: Annotated[int | None, typer.Option(help="Bytes of memory granted to the task.")] = None,
+    begin: Annotated[
+        bool, typer.Option("--begin", help="Record the run (its workflow and parameters) instead.")
+    ] = False,
+    workflow: Annotated[
+        Path | None, typer.Option("--workflow", help="With --begin: the workflow (.json spec, .yaml or .py).")
+    ] = None,
+    params: Annotated[
+        Path | None,
+        typer.Option("--params", help="With --begin: a folder with one file per parameter, holding its text."),
+    ] = None,
+    width: Annotated[
+        list[str] | None,
+        typer.Option("--width", help="STEP=FILE: write how many branches STEP has (repeatable)."),
+    ] = None,
+    verdict: Annotated[
+        list[str] | None,
+        typer.Option("--verdict", help="STEP=FILE: write whether STEP's condition holds (repeatable)."),
+    ] = None,
     import_path: Annotated[
         list[str] | None, typer.Option("--import-path", help="A folder to import step modules from.")
     ] = None,
@@ -231,87 +258,35 @@ def exec_command(
     ] = None,
     secret: SecretOption = None,
 ) -> None:
-    """Run one task of a step, as a pod does (exit 0: succeeded, 1: the task failed, 2: bad usage)."""
-    from fanflow.executors import pod
+    """Run one task of a run's step as a pod does, its inputs read from the run's records
+    (exit 0: succeeded, 1: failed, 3: failed for good, 2: bad usage); with --begin, record
+    the run first."""
+    from fanflow.kube import pod
+    from fanflow.kube.records import RecordError, RunRecords
 
     try:
-        task = pod.PodTask(
-            step=step,
-            uses=uses,
-            with_=pod.parse_with(with_),
-            artifacts=artifacts,
-            params=pod.parse_params(param),
-            item=pod.parse_item(item, axis),
-            inputs={
-                k: pod.parse_json(v, f"--input {k}") for k, v in pod.parse_pairs(input_, "--input").items()
-            },
-            collected=_collected(pod, collect),
-            run_id=run,
-            attempt=retry + 1,
-            cpus=cpus,
-            gpus=gpus,
-            memory=memory,
-            kind="service" if service else "task",
-            import_paths=list(import_path or []),
-        )
-        lists = pod.parse_list_outputs(list_output)
-        if service:
-            if resource_output is None or not image:
-                raise pod.PodUsageError("--service needs --resource-output and --image")
-            code = pod.render_service(
-                task,
-                str(output),
-                str(resource_output),
-                image=image,
-                namespace=namespace,
-                secret=secret,
-                lists=lists,
-            )
+        records = RunRecords(artifacts, run)
+        decisions = pod.Decisions(pod.parse_pairs(width, "--width"), pod.parse_pairs(verdict, "--verdict"))
+        if begin:
+            if workflow is None or step is not None:
+                raise pod.PodUsageError("--begin takes --workflow (and --params), not --step")
+            spec = pod.load_workflow_file(workflow)
+            code = pod.begin(records, spec, pod.read_params(params), decisions)
+        elif step is None:
+            raise pod.PodUsageError("give --step STEP (or --begin to record the run)")
         else:
-            code = pod.run_task(task, str(output), lists)
-    except pod.PodUsageError as exc:
+            task = pod.PodTask.open(records, step, branch, retry + 1)
+            if service:
+                if resource_output is None or not image:
+                    raise pod.PodUsageError("--service needs --resource-output and --image")
+                code = pod.render_service(
+                    task, decisions, resource_output, image=image, namespace=namespace, secret=secret
+                )
+            else:
+                code = pod.run_task(task, decisions, list(import_path or []))
+    except (pod.PodUsageError, RecordError) as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
-
-
-def _collected(pod, values: list[str] | None) -> dict[str, list]:
-    collected = {}
-    for key, text in pod.parse_pairs(values, "--collect").items():
-        value = pod.parse_json(text, f"--collect {key}")
-        if not isinstance(value, list):
-            raise pod.PodUsageError(f"--collect {key}: expected a JSON list of manifests")
-        collected[key] = value
-    return collected
-
-
-# -- fanflow check-quorum -------------------------------------------------------------------
-def check_quorum_command(
-    step: Annotated[str, typer.Option("--step", help="The fan-in step.")],
-    min_success: Annotated[str, typer.Option("--min-success", help="A count, or a ratio in (0, 1].")],
-    collect: Annotated[
-        list[str] | None, typer.Option("--collect", help="STEP=JSON, the manifests of its branches.")
-    ] = None,
-    width: Annotated[
-        list[str] | None, typer.Option("--width", help="STEP=N or STEP=JSON list: how many branches it had.")
-    ] = None,
-) -> None:
-    """Fail unless enough branches of a quorum fan-in succeeded (what an Argo check step runs)."""
-    from fanflow.executors import pod
-
-    try:
-        rule: int | float = float(min_success) if "." in min_success else int(min_success)
-        collected = _collected(pod, collect)
-        widths = {}
-        for key, text in pod.parse_pairs(width, "--width").items():
-            value = pod.parse_json(text, f"--width {key}")
-            widths[key] = len(value) if isinstance(value, list) else int(value)
-    except (ValueError, TypeError) as exc:
-        raise _fail(str(exc)) from None
-    try:
-        print(pod.check_quorum(step, rule, collected, widths), file=sys.stderr)
-    except pod.QuorumNotMet as exc:
-        print(f"fanflow: {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
 
 
 # -- running this module on its own ---------------------------------------------------------
@@ -324,7 +299,6 @@ app = typer.Typer(
 )
 app.add_typer(export_app, name="export")
 app.command("exec")(exec_command)
-app.command("check-quorum")(check_quorum_command)
 
 
 def main() -> None:

@@ -36,7 +36,6 @@ for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc, doctor
     app.command()(command)
 app.add_typer(kube.export_app, name="export")
 app.command("exec")(kube.exec_command)
-app.command("check-quorum")(kube.check_quorum_command)
 
 
 def _version_callback(value: bool) -> None:

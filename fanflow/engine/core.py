@@ -47,9 +47,9 @@ from typing import Any, NamedTuple
 from fanflow.engine.naming import branch_names, item_at
 from fanflow.engine.plan import Plan, StepPlan
 from fanflow.engine.quorum import Tally
-from fanflow.engine.resolve import ResolveError, descend
+from fanflow.engine.resolve import ResolveError, descend, fan_out_axes
 from fanflow.spec import conditions
-from fanflow.spec.refs import ITEM, PARAMS, Ref, substitute, whole_ref
+from fanflow.spec.refs import ITEM, PARAMS, Ref, substitute
 from fanflow.vocab.states import OK, TERMINAL, Event, State
 
 MAX_BACKOFF = 300.0
@@ -534,17 +534,7 @@ class Scheduler:
         fan_out = run.plan.step.fan_out
         if not fan_out:
             return None
-        axes: dict[str, list] = {}
-        for axis, values in fan_out.items():
-            if isinstance(values, str):
-                ref = whole_ref(values)
-                values = self._lookup(ref, None, run)
-                if not isinstance(values, list):
-                    raise ResolveError(
-                        f"fan_out.{axis}: expected a list from {ref}, got {type(values).__name__}"
-                    )
-            axes[axis] = values
-        return axes
+        return fan_out_axes(fan_out, lambda ref: self._lookup(ref, None, run))
 
     def _expand(self, run: _StepRun, axes: dict[str, list] | None, now: float) -> None:
         """Create the step's tasks: one, or one per branch of its fan-out. Their pending events

@@ -3,9 +3,10 @@ value a step produced: one rule for every backend."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fanflow.spec.refs import Ref
+from fanflow.spec.refs import Ref, whole_ref
 from fanflow.vocab.manifest import is_artifact
 
 
@@ -32,6 +33,20 @@ def descend(value: Any, path: tuple, ref: Ref) -> Any:
                 raise ResolveError(f"{ref}: {_so_far(ref, path, depth)} has no key {part!r} (it has: {keys})")
             value = value[part]
     return value
+
+
+def fan_out_axes(fan_out: dict[str, list | str], lookup: Callable[[Ref], Any]) -> dict[str, list]:
+    """The values of each axis of a fan-out: a list as written, or the list a reference gives
+    (``lookup(ref)`` resolves it); a ResolveError when a reference gives something else."""
+    axes: dict[str, list] = {}
+    for axis, values in fan_out.items():
+        if isinstance(values, str):
+            ref = whole_ref(values)
+            values = lookup(ref)
+            if not isinstance(values, list):
+                raise ResolveError(f"fan_out.{axis}: expected a list from {ref}, got {type(values).__name__}")
+        axes[axis] = values
+    return axes
 
 
 def _so_far(ref: Ref, path: tuple, depth: int) -> str:

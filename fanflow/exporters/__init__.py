@@ -1,1 +1,1 @@
-"""Exporters: the workflow drawn (Mermaid, DOT) or translated for other engines (Argo, KServe)."""
+"""Exporters: the workflow drawn (Mermaid, DOT, PNG). Kubernetes manifests are ``fanflow.kube``'s."""

@@ -7,13 +7,14 @@ import re
 
 import pytest
 import yaml
-from exporters_helpers import EXAMPLES, IMAGE, STORE, check_kubernetes, run_k8s
 
-from fanflow.exporters import kserve
+from fanflow.kube import kserve
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
+from tests.kube.helpers import EXAMPLES, IMAGE, STORE, run_kube
+from tests.kube.schemas import check_inference_service as check_crd
+from tests.kube.schemas import check_kubernetes, kserve_errors
 
-K8S_VERSION = "1.33"
 # KServe's ComponentExtensionSpec (serving.kserve.io/v1beta1): what a predictor holds beside
 # a PodSpec's fields.
 COMPONENT_FIELDS = {
@@ -37,21 +38,19 @@ def finished(tmp_path_factory):
 
 
 def _export(home, *args):
-    return run_k8s("export", "kserve", *args, "--home", str(home), "--image", IMAGE)
+    return run_kube("export", "kserve", *args, "--home", str(home), "--image", IMAGE)
 
 
 def check_inference_service(document: dict) -> None:
-    """The InferenceService's structure (KServe v1beta1), its predictor's pod fields against
-    Kubernetes' own strict PodSpec schema."""
-    assert document["apiVersion"] == "serving.kserve.io/v1beta1" and document["kind"] == "InferenceService"
-    assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
+    """The InferenceService against KServe's own CRD schema (strictly), and its predictor's
+    pod fields against Kubernetes' own strict PodSpec schema."""
+    check_crd(document)
     assert DNS_1035.match(document["metadata"]["name"]) and len(document["metadata"]["name"]) <= 45
-    assert set(document["spec"]) <= {"predictor", "transformer", "explainer"}
     predictor = dict(document["spec"]["predictor"])
     component = {k: predictor.pop(k) for k in list(predictor) if k in COMPONENT_FIELDS}
     assert component.get("minReplicas", 1) >= 1
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": predictor}
-    check_kubernetes(pod, K8S_VERSION)
+    check_kubernetes(pod)
 
 
 def test_one_inference_service_per_selected_model_and_a_gateway(finished, tmp_path):
@@ -82,8 +81,8 @@ def test_one_inference_service_per_selected_model_and_a_gateway(finished, tmp_pa
             f"{candidate['name']}=http://{document['metadata']['name']}-predictor.ml.svc.cluster.local"
         )
     deployment, service = documents[2:]
-    check_kubernetes(deployment, K8S_VERSION)
-    check_kubernetes(service, K8S_VERSION)
+    check_kubernetes(deployment)
+    check_kubernetes(service)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--member"] == members
     assert args[args.index("--strategy") + 1] == "union"
@@ -91,12 +90,14 @@ def test_one_inference_service_per_selected_model_and_a_gateway(finished, tmp_pa
     assert service["spec"]["ports"][0]["targetPort"] == 8080
 
 
-def test_the_schema_check_catches_a_bad_container():
-    pytest.importorskip("kubernetes_validate")
-    document = kserve.inference_service("x", IMAGE, ["python", "-m", "m"])
+def test_the_schema_check_catches_a_bad_container_and_unknown_keys():
+    document = kserve.inference_service("x", IMAGE, kserve.Server("m", ["python", "-m", "m"]))
+    check_inference_service(document)
     document["spec"]["predictor"]["containers"][0]["imagePullPolicy"] = 3
-    with pytest.raises(Exception, match="imagePullPolicy"):
-        check_inference_service(document)
+    assert any("imagePullPolicy" in e for e in kserve_errors(document))
+    document["spec"]["predictor"]["containers"][0]["imagePullPolicy"] = "Always"
+    document["spec"]["predictor"]["minReplica"] = 1
+    assert any("'minReplica' was unexpected" in e for e in kserve_errors(document))
 
 
 @pytest.mark.parametrize(
@@ -147,3 +148,27 @@ def test_names_stay_valid_and_distinct_when_long():
     )
     names = [d["metadata"]["name"] for d in documents[:2]]
     assert len(set(names)) == 2 and all(DNS_1035.match(n) and len(n) <= 45 for n in names)
+
+
+def test_models_whose_names_make_the_same_inference_service_are_refused_naming_both():
+    candidates = [
+        {"name": "cnn_small", "model": {"$artifact": "sha256:" + "1" * 64}},
+        {"name": "CNN-small", "model": {"$artifact": "sha256:" + "2" * 64}},
+    ]
+    with pytest.raises(kserve.ServiceError) as caught:
+        kserve.export_run("wf", "r1", candidates, image=IMAGE, artifacts=STORE)
+    assert "models 'cnn_small' and 'CNN-small' would both be InferenceService 'wf-cnn-small'" in str(
+        caught.value
+    )
+
+
+def test_a_servers_port_is_its_containers_port():
+    server = kserve.server_command(kserve.MODEL_SERVER, {"model": "sha256:" + "1" * 64, "port": 9000}, STORE)
+    document = kserve.inference_service("x", IMAGE, server)
+    container = document["spec"]["predictor"]["containers"][0]
+    assert container["ports"] == [{"containerPort": 9000, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"]["port"] == 9000
+    assert container["args"][-2:] == ["--port", "9000"]
+    check_inference_service(document)
+    with pytest.raises(kserve.ServiceError, match="taken by Knative"):
+        kserve.server_command(kserve.MODEL_SERVER, {"model": "sha256:" + "1" * 64, "port": 8012}, STORE)

@@ -1,11 +1,9 @@
-"""Small pieces the Kubernetes exporters share: object names, quantities, JSON that survives
-Argo's and Kubernetes' own substitutions, and YAML output."""
+"""Small pieces every Kubernetes manifest fanflow writes shares: labels, quantities, JSON
+that survives Argo's template substitution, key order and YAML output."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from typing import Any
 
 import yaml
@@ -14,30 +12,6 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "fanflow"}
 RUN_LABEL = "fanflow.dev/run"
 STEP_LABEL = "fanflow.dev/step"
 SERVER_PORT = 8080  # the port KServe expects a custom predictor to listen on
-
-
-def dns_name(text: str, limit: int = 63) -> str:
-    """A DNS-1123 label made from ``text`` (lower case, letters, digits and '-'); a name cut
-    to fit ``limit`` ends with a short hash of the whole, so that different names stay apart."""
-    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
-    if not name[0].isalpha():
-        name = "x-" + name
-    if len(name) > limit:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:6]
-        name = name[: limit - 7].rstrip("-") + "-" + digest
-    return name
-
-
-def label_value(text: str) -> str:
-    """A Kubernetes label value made from ``text`` (letters, digits, '-', '_' and '.')."""
-    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
-    return value[:63].rstrip("-_.")
-
-
-def argo_name(name: str) -> str:
-    """A fanflow step name as an Argo task or template name (letters, digits and '-')."""
-    text = name.replace("_", "-").replace("/", "-")
-    return text if text[0].isalpha() else "s" + text
 
 
 def quantity(value: float | int, *, memory: bool = False) -> str:
@@ -70,32 +44,29 @@ def resources(cpus: float, gpus: int, memory: int | None) -> dict[str, dict[str,
     return out or None
 
 
-_BRACES = re.compile(r"\{(?=\{)")
+def param_text(value: Any, kind: str) -> str:
+    """A parameter's value as the text an Argo parameter holds (``fanflow run -p`` takes the
+    same text): strings as they are, booleans as ``true``/``false``, the rest as JSON."""
+    if kind == "str" and isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def safe_json(value: Any) -> str:
-    """Compact JSON in which no '$' and no '{{' appear as such.
-
-    Argo reads ``{{...}}`` as its own template syntax, and Kubernetes rewrites ``$$`` and
-    ``$(NAME)`` in a container's arguments; both can only occur inside JSON strings, where
-    ``\\u0024`` and ``\\u007b`` decode to the same characters."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
-    return _BRACES.sub(r"\\u007b", text.replace("$", "\\u0024"))
-
-
-def readable_json(value: Any) -> str:
-    """Compact JSON that keeps ``${...}`` readable: only what Argo or Kubernetes would rewrite
-    is escaped (``{{`` always; ``$`` before ``$`` or ``(``, doubled as Kubernetes expects)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    text = _BRACES.sub(r"\\u007b", text)
-    return re.sub(r"\$(?=[$(])", "$$", text)
+def argo_json(value: Any) -> str:
+    """Compact ASCII JSON in which ``{{`` never appears, for text Argo carries (a raw input
+    artifact, an output parameter): Argo would read ``{{...}}`` as its own template syntax
+    and substitute it. Inside JSON strings ``\\u007b`` decodes to the same ``{``."""
+    text = json.dumps(value, separators=(",", ":"))
+    return text.replace("{{", "{\\u007b")
 
 
 # Keys first in this order (the rest keep theirs), so that manifests read as people write them.
 KEY_ORDER = [
     "apiVersion", "kind", "name", "generateName", "namespace", "metadata", "spec",
-    "entrypoint", "onExit", "parallelism", "template", "dependencies", "when", "withItems",
-    "withParam", "continueOn", "arguments", "templates", "inputs", "outputs", "dag", "steps",
+    "entrypoint", "onExit", "serviceAccountName", "parallelism", "template", "depends", "when",
+    "withSequence", "arguments", "templates", "inputs", "outputs", "dag", "steps",
 ]  # fmt: skip
 _RANK = {key: rank for rank, key in enumerate(KEY_ORDER)}
 

@@ -1,7 +1,7 @@
 """KServe resources for fanflow's model servers and its ensemble gateway.
 
-Two users: the Argo exporter's service steps (a pod renders the resource at run time, see
-``fanflow.executors.pod``) and ``fanflow export kserve RUN``, which writes, for a finished
+Two users: the Argo workflow's service steps (a pod renders the resource at run time, see
+``fanflow.kube.pod``) and ``fanflow export kserve RUN``, which writes, for a finished
 run, one ``InferenceService`` per selected model and the gateway in front of them.
 
 The gateway is a plain ``Deployment`` and ``Service``, not an ``InferenceGraph``: an
@@ -14,9 +14,11 @@ without Knative.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from fanflow.exporters.kube import MANAGED_BY, RUN_LABEL, SERVER_PORT, dns_name, label_value
+from fanflow.kube.manifests import MANAGED_BY, RUN_LABEL, SERVER_PORT
+from fanflow.kube.names import dns_name, label_value
 from fanflow.vocab.manifest import ARTIFACT_KEY
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -24,7 +26,7 @@ MODEL_SERVER = "fanflow.serving.model_server:serve_model"
 GATEWAY = "fanflow.serving.gateway:serve_gateway"
 
 # The keyword arguments each server takes in a step's ``with``, as its command's options
-# (None: the pod decides; host and port are the pod's, the store is the run's).
+# (None: the pod decides; the host is every interface of the pod, the store is the run's).
 SERVER_OPTIONS: dict[str, dict[str, str | None]] = {
     MODEL_SERVER: {
         "model": None,
@@ -50,6 +52,8 @@ SERVER_OPTIONS: dict[str, dict[str, str | None]] = {
     },
 }
 MODULES = {MODEL_SERVER: "fanflow.serving.model_server", GATEWAY: "fanflow.serving.gateway"}
+# Knative's queue-proxy takes these ports in a serverless InferenceService's pod.
+RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091})
 
 
 class ServiceError(ValueError):
@@ -80,13 +84,36 @@ def model_name(kwargs: dict[str, Any]) -> str:
     return served_model_name(kwargs.get("model"), str(name) if name else None)
 
 
-def server_command(uses: str, kwargs: dict[str, Any], store: str) -> tuple[str, list[str]]:
-    """The served model's name and the container command for a service step's resolved
-    ``with`` (a manifest: artifacts still references)."""
+@dataclass(frozen=True)
+class Server:
+    """What a predictor container runs: the name it serves under, its command, its port."""
+
+    name: str
+    command: list[str]
+    port: int = SERVER_PORT
+
+
+def port_problem(port: Any) -> str | None:
+    """Why ``port`` cannot be a predictor's port on Kubernetes (None when it can)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return f"port {port!r}: expected a port number from 1 to 65535"
+    if port in RESERVED_PORTS:
+        taken = ", ".join(map(str, sorted(RESERVED_PORTS)))
+        return f"port {port} is taken by Knative in a serverless InferenceService (reserved: {taken})"
+    return None
+
+
+def server_command(uses: str, kwargs: dict[str, Any], store: str) -> Server:
+    """The container of a service step's server, from its resolved ``with`` (a manifest:
+    artifacts still references). A ``port`` given is the container's port (0 or none: 8080)."""
     options = SERVER_OPTIONS[uses]
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         raise ServiceError(f"{uses} takes no {', '.join(unknown)}")
+    port = kwargs.get("port") or SERVER_PORT
+    problem = port_problem(port)
+    if problem:
+        raise ServiceError(problem)
     command = ["python", "-m", MODULES[uses]]
     if uses == MODEL_SERVER:
         name = model_name(kwargs)
@@ -105,19 +132,19 @@ def server_command(uses: str, kwargs: dict[str, Any], store: str) -> tuple[str, 
     for key, option in options.items():
         if option and kwargs.get(key) is not None:
             command += [option, str(kwargs[key])]
-    command += ["--host", "0.0.0.0", "--port", str(SERVER_PORT)]
-    return name, command
+    command += ["--host", "0.0.0.0", "--port", str(port)]
+    return Server(name, command, port)
 
 
-def _container(image: str, command: list[str], requests: dict | None, secret: str | None) -> dict:
+def _container(image: str, server: Server, requests: dict | None, secret: str | None) -> dict:
     container: dict[str, Any] = {
         "name": "kserve-container",
         "image": image,
-        "command": command[:3],
-        "args": command[3:],
-        "ports": [{"containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "command": server.command[:3],
+        "args": server.command[3:],
+        "ports": [{"containerPort": server.port, "protocol": "TCP"}],
         "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": SERVER_PORT},
+            "httpGet": {"path": "/v2/health/ready", "port": server.port},
             "periodSeconds": 5,
         },
     }
@@ -131,7 +158,7 @@ def _container(image: str, command: list[str], requests: dict | None, secret: st
 def inference_service(
     name: str,
     image: str,
-    command: list[str],
+    server: Server,
     *,
     namespace: str | None = None,
     labels: dict[str, str] | None = None,
@@ -139,7 +166,7 @@ def inference_service(
     requests: dict | None = None,
     secret: str | None = None,
 ) -> dict[str, Any]:
-    """An InferenceService whose custom predictor runs ``command`` (one replica at least:
+    """An InferenceService whose custom predictor runs ``server`` (one replica at least:
     the gateway calls its members with a short deadline, so they must not scale to zero)."""
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -154,7 +181,7 @@ def inference_service(
         "spec": {
             "predictor": {
                 "minReplicas": 1,
-                "containers": [_container(image, command, requests, secret)],
+                "containers": [_container(image, server, requests, secret)],
             }
         },
     }
@@ -195,10 +222,10 @@ def gateway_resources(
     secret: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ensemble gateway as a Deployment and the ClusterIP Service in front of it."""
-    _, command = server_command(GATEWAY, {"members": members, "strategy": strategy}, store="")
+    server = server_command(GATEWAY, {"members": members, "strategy": strategy}, store="")
     selector = {"app.kubernetes.io/name": name}
     all_labels = {**MANAGED_BY, **selector, **(labels or {})}
-    container = _container(image, command, {"requests": {"cpu": "500m"}}, secret)
+    container = _container(image, server, {"requests": {"cpu": "500m"}}, secret)
     container["name"] = "gateway"
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -238,26 +265,35 @@ def export_run(
     secret: str | None = None,
     requests: dict | None = None,
 ) -> list[dict[str, Any]]:
-    """One InferenceService per selected candidate, then the gateway that fronts them all."""
+    """One InferenceService per selected candidate, then the gateway that fronts them all.
+    Two models whose names would make the same InferenceService name are refused (one would
+    otherwise serve every gateway member of the other's name)."""
     prefix = dns_name(prefix or workflow_name, 40)
     labels = {"app.kubernetes.io/part-of": prefix, RUN_LABEL: label_value(run_id)}
-    documents, members = [], []
+    documents, members, taken = [], [], {}
     for candidate in candidates:
-        name, command = server_command(MODEL_SERVER, {"model": candidate}, artifacts)
-        service = dns_name(f"{prefix}-{name}", 45)
+        server = server_command(MODEL_SERVER, {"model": candidate}, artifacts)
+        service = dns_name(f"{prefix}-{server.name}", 45)
+        if service in taken:
+            raise ServiceError(
+                f"models {taken[service]!r} and {server.name!r} would both be InferenceService "
+                f"{service!r} (Kubernetes names are lower case, with '-' for '_'); "
+                "rename one of them"
+            )
+        taken[service] = server.name
         documents.append(
             inference_service(
                 service,
                 image,
-                command,
+                server,
                 namespace=namespace,
-                labels={**labels, "fanflow.dev/model": label_value(name)},
+                labels={**labels, "fanflow.dev/model": label_value(server.name)},
                 annotations={"fanflow.dev/artifact": artifact_name(candidate)},
                 requests=requests,
                 secret=secret,
             )
         )
-        members.append({"model": name, "url": predictor_url(service, namespace)})
+        members.append({"model": server.name, "url": predictor_url(service, namespace)})
     documents += gateway_resources(
         dns_name(f"{prefix}-gateway", 45),
         image,
