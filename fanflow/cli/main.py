@@ -1,7 +1,7 @@
 """``fanflow``: run, check, draw and inspect workflows.
 
 Each command group lives in its own module (``run``, ``runs``, ``workflows``, ``predict``,
-``kube``); this one only wires them into one command and maps user errors to exit code 2."""
+``kube``, ``ui``); this one only wires them into one command and maps user errors to exit code 2."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fanflow.cli import kube, predict, run, runs, workflows
+from fanflow.cli import kube, predict, run, runs, ui, workflows
 from fanflow.cli.common import UsageError, err, escape
 from fanflow.errors import RunNotFound
 from fanflow.spec.errors import SpecError
@@ -32,6 +32,7 @@ for command in (workflows.validate, workflows.pack, workflows.describe, workflow
 app.command("list")(workflows.list_workflows)
 for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc):
     app.command()(command)
+app.command("ui")(ui.ui)
 app.add_typer(kube.export_app, name="export")
 app.command("exec")(kube.exec_command)
 app.command("check-quorum")(kube.check_quorum_command)
