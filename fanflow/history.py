@@ -116,9 +116,11 @@ class History:
         """Runs started or ended since ``since`` (a time.time()), and every live run."""
         return self._summaries(self._store.runs_changed_since(since))
 
-    def summary(self, run_id: str) -> RunSummary:
-        """One run, by id or unique prefix (``RunNotFound`` when none matches)."""
-        return self._summaries([self.project.get_run(run_id)])[0]
+    def summary(self, run_id: str, *, counts: bool = True) -> RunSummary:
+        """One run, by id or unique prefix (``RunNotFound`` when none matches); without its
+        task counts (a little cheaper) when ``counts`` is False."""
+        row = self.project.get_run(run_id)
+        return self._summaries([row])[0] if counts else RunSummary.of(row, {})
 
     def _summaries(self, rows: list[RunRow]) -> list[RunSummary]:
         counts = self._store.task_counts([row.id for row in rows])
@@ -133,8 +135,10 @@ class History:
         return self._store.workflow_sources()
 
     # -- tasks --------------------------------------------------------------------------
-    def task_states(self, run_id: str) -> list[TaskState]:
-        return [TaskState(*row[:6], bool(row[6])) for row in self._store.task_states(run_id)]
+    def task_states(self, run_id: str, **filters) -> list[TaskState]:
+        """Every task's state, or as ``RunStore.task_states`` filters them (``since`` and
+        ``created``: those that may have changed; ``cached``)."""
+        return [TaskState(*row[:6], bool(row[6])) for row in self._store.task_states(run_id, **filters)]
 
     def step_counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """Tasks by state, for each step of a run that has tasks."""
@@ -158,6 +162,11 @@ class History:
                     a["exit_reason"], a["error"], a["traceback"])
             for a in self._store.attempts(run_id, task, since)
         ]
+
+    def attempt_spans(self, run_id: str, since: float | None = None) -> list[tuple]:
+        """Every attempt (or those going or moved on since ``since``) as (task, attempt,
+        worker, started, ended, state): a timeline's bars, cheaply."""
+        return self._store.attempt_spans(run_id, since)
 
     def inputs(self, run_id: str, task: str) -> dict[str, list[str]]:
         """The artifacts a task read, by the task of the run that wrote each (or "" when

@@ -93,7 +93,7 @@ def _execute(
     if serve and result.state == "succeeded" and result.services:
         _keep_serving(runner, result)
     elif web is not None:
-        _keep_until_interrupted(f"the web UI is still up at {web.url}/runs/{result.run_id}")
+        wait_for_interrupt(f"the web UI is still up at {web.url}/runs/{result.run_id}")
     if web is not None:
         web.stop()
     project.close()
@@ -183,12 +183,13 @@ def _show_report(step: str, value: Any) -> bool:
     return True
 
 
-def _keep_until_interrupted(why: str) -> None:
+def wait_for_interrupt(why: str) -> None:
+    """Say ``why`` this command goes on, then wait for Ctrl-C (or SIGTERM)."""
     import signal
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    err.print(f"{why}; press Ctrl-C to stop", soft_wrap=True)
+    err.print(f"{why}  (Ctrl-C to stop)", soft_wrap=True)
     stop.wait()
     for sig, handler in previous.items():
         signal.signal(sig, handler)

@@ -25,8 +25,8 @@ def ui(
 ) -> None:
     """Serve the web UI: watch runs live, browse their results, launch and compare runs, and
     tag clips with a run's served models. Stops on Ctrl-C."""
-    from fanflow.serving.server import serve_blocking
-    from fanflow.ui.app import create_app
+    from fanflow.cli.run import wait_for_interrupt
+    from fanflow.ui.app import Served, create_app
 
     for path in workflow or []:
         if not path.is_file():
@@ -34,23 +34,22 @@ def ui(
     if host not in LOOPBACK:
         err.print(f"[yellow]warning:[/] serving on {escape(host)}: other machines can reach this UI "
                   "and start runs from it", markup=True)
-    app = create_app(home, workflows=list(workflow or []), hosts={host})
     try:
-        serve_blocking(app, host, port, graceful_timeout=3,
-                       on_ready=lambda url: err.print(f"fanflow UI at {url}  (Ctrl-C to stop)", soft_wrap=True))
+        served = Served(create_app(home, workflows=list(workflow or []), hosts={host}), host, port)
     except OSError as exc:
         raise UsageError(f"{exc} (try --port 0 for a free port)") from None
+    wait_for_interrupt(f"fanflow UI at {served.url}")
+    served.stop()
 
 
-def start_beside(run_id: str, home: Path | None, port: int) -> object:
+def start_beside(run_id: str, home: Path | None, port: int):
     """The UI in a thread of this process (``fanflow run --ui``), showing ``run_id``; returns
-    the server, to stop it later."""
-    from fanflow.serving.server import ServerThread
-    from fanflow.ui.app import create_app
+    it, to stop it later."""
+    from fanflow.ui.app import Served, create_app
 
     try:
-        server = ServerThread(create_app(home), port=port, graceful_timeout=2).start()
+        served = Served(create_app(home), port=port)
     except OSError as exc:
         raise UsageError(f"--ui: {exc} (try --ui-port 0)") from None
-    err.print(f"fanflow UI: {server.url}/runs/{run_id}", soft_wrap=True)
-    return server
+    err.print(f"fanflow UI: {served.url}/runs/{run_id}", soft_wrap=True)
+    return served

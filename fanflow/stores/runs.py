@@ -327,14 +327,31 @@ class RunStore:
                     found[run_id][state] = count
         return found
 
-    def task_states(self, run_id: str) -> list[tuple]:
-        """Every task of a run as (name, step, state, attempts, started, ended, cached), in
-        creation order: what a live view compares from one moment to the next."""
+    def task_states(self, run_id: str, *, since: float | None = None, created: int = 0,
+                    cached: bool | None = None) -> list[tuple]:
+        """A run's tasks as (name, step, state, attempts, started, ended, cached), in creation
+        order: what a live view compares from one moment to the next. With ``since``, only
+        those that may have changed since then: created after the first ``created`` tasks,
+        started or ended since, or in a state that moves on without a time (running,
+        retrying, serving). With ``cached``, only those reused (or not)."""
         columns = (tasks.c.name, tasks.c.step, tasks.c.state, tasks.c.attempts, tasks.c.started,
                    tasks.c.ended, tasks.c.cached)
-        query = sa.select(*columns).where(tasks.c.run_id == run_id).order_by(tasks.c.seq)
+        query = sa.select(*columns).where(tasks.c.run_id == run_id)
+        if since is not None:
+            query = query.where(sa.or_(tasks.c.seq >= created, tasks.c.state.in_(["running", "retrying", "serving"]),
+                                       tasks.c.started >= since, tasks.c.ended >= since))
+        if cached is not None:
+            query = query.where(tasks.c.cached == cached)
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query)]
+            return [tuple(r) for r in conn.execute(query.order_by(tasks.c.seq))]
+
+    def attempt_spans(self, run_id: str, since: float | None = None) -> list[tuple]:
+        """A run's attempts as (task, attempt, worker, started, ended, state), oldest first;
+        with ``since``, only those still going or that started or ended since then."""
+        query = sa.select(attempts.c.task, attempts.c.attempt, attempts.c.worker, attempts.c.started,
+                          attempts.c.ended, attempts.c.state).where(attempts.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(_since(query, since).order_by(attempts.c.started))]
 
     def _run_row(self, row) -> RunRow:
         state = row["state"]
@@ -419,11 +436,8 @@ class RunStore:
         query = sa.select(attempts).where(attempts.c.run_id == run_id)
         if task:
             query = query.where(attempts.c.task == task)
-        if since is not None:
-            query = query.where(sa.or_(attempts.c.ended.is_(None), attempts.c.ended >= since,
-                                       attempts.c.started >= since))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query.order_by(attempts.c.started)).mappings()]
+            return [dict(r) for r in conn.execute(_since(query, since).order_by(attempts.c.started)).mappings()]
 
     def lineage(self, run_id: str) -> list[dict]:
         with self.engine.connect() as conn:
@@ -478,6 +492,13 @@ class RunStore:
         with self.engine.begin() as conn:
             for start in range(0, len(digests), 500):
                 conn.execute(artifacts.delete().where(artifacts.c.digest.in_(digests[start : start + 500])))
+
+
+def _since(query, since: float | None):
+    """Only the attempts still going, or that started or ended since ``since``."""
+    if since is None:
+        return query
+    return query.where(sa.or_(attempts.c.ended.is_(None), attempts.c.ended >= since, attempts.c.started >= since))
 
 
 def _task_dict(row) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class UI:
     serving: dict[str, Launched] = field(default_factory=dict)  # gateways brought up here, by run served
     history: History = field(init=False)
     artifacts: Artifacts = field(init=False)
+    stopping: threading.Event = field(default_factory=threading.Event)  # live streams end when set
 
     def __post_init__(self) -> None:
         self.history = History(self.project)
@@ -76,6 +78,25 @@ def create_app(home: str | os.PathLike | None = None, *, workflows: list[str | o
     app.state.ui = ui
     app.add_middleware(Guard, token=token, hosts=LOCAL_HOSTS | {h.lower().strip("[]") for h in hosts})
     return app
+
+
+class Served:
+    """The UI served from a thread of this process. ``stop`` first ends the pages' live
+    streams (they would hold the server's shutdown), then the server."""
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0):
+        from fanflow.serving.server import ServerThread
+
+        self.app = app
+        self.thread = ServerThread(app, host, port, graceful_timeout=3).start(timeout=60)
+        self.url = self.thread.url
+
+    def stop(self) -> None:
+        from fanflow.ui.live import EVERY
+
+        self.app.state.ui.stopping.set()
+        time.sleep(2 * EVERY + 0.2)
+        self.thread.stop()
 
 
 def _templates(token: str) -> Jinja2Templates:

@@ -77,12 +77,12 @@ class Artifacts:
     """Reads a project's artifact store for the UI, each object verified once."""
 
     def __init__(self, url: str):
-        self.store = ArtifactStore(url)
+        self.artifact_store = ArtifactStore(url)
         self._verified: set[str] = set()
         self._lock = threading.Lock()
 
     def path(self, digest: str, suffix: str) -> Path:
-        path = self.store.path(digest, suffix, verify=digest not in self._verified)
+        path = self.artifact_store.path(digest, suffix, verify=digest not in self._verified)
         with self._lock:
             self._verified.add(digest)
         return path

@@ -133,7 +133,10 @@ def statuses(workflow: Workflow, counts: dict[str, dict[str, int]],
             ok = sum(c.get("succeeded", 0) + c.get("serving", 0) for c in branches)
             lost = sum(c.get(s, 0) for c in branches for s in ("failed", "skipped", "cancelled"))
             need = required(step.min_success, total)
-            status.quorum_state = "met" if total and ok >= need else "lost" if total - lost < need else "waiting"
+            if not total:
+                status.quorum_state = "waiting"  # its branches are not known yet
+            else:
+                status.quorum_state = "met" if ok >= need else "lost" if total - lost < need else "waiting"
             status.quorum = f"quorum ≥ {step.min_success}: " + (f"{ok} of {total} ok" if total else "waiting")
         found[name] = status
     return found

@@ -28,12 +28,14 @@ PING_EVERY = 15.0
 
 def stream(request: Request, poll: Callable[[], dict | None], finished: Callable[[], bool],
            every: Callable[[], float]) -> StreamingResponse:
-    """An event stream of what ``poll`` returns, until ``finished`` or the page goes."""
+    """An event stream of what ``poll`` returns, until ``finished``, the page goes, or the
+    UI stops (``UI.stopping``)."""
+    stopping = request.app.state.ui.stopping
 
     async def events():
         yield "retry: 2000\n\n"
         quiet = 0.0
-        while True:
+        while not stopping.is_set():
             message = await run_in_threadpool(poll)
             if message:
                 yield f"data: {json.dumps(message, separators=(',', ':'))}\n\n"
@@ -42,74 +44,79 @@ def stream(request: Request, poll: Callable[[], dict | None], finished: Callable
                 yield ": ping\n\n"
                 quiet = 0.0
             if finished():
-                yield "event: end\ndata: {}\n\n"
-                return
+                break
             await asyncio.sleep(every())
             quiet += every()
+        yield "event: end\ndata: {}\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
 
 class RunFeed:
-    """What changed in one run since the last message (everything, the first time)."""
+    """What changed in one run since the page was made (``since``, when the run had
+    ``created`` tasks), then since the last message. Each read is cheap on a run of 10,000
+    tasks: only the tasks that may have changed are read (``History.task_states``), and the
+    steps' counts are counted by the database."""
 
-    def __init__(self, history: History, run_id: str, workflow: Workflow):
+    def __init__(self, history: History, run_id: str, workflow: Workflow, since: float, created: int):
         self.history = history
         self.run_id = run_id
         self.workflow = workflow
-        self.services = {name for name, step in workflow.steps.items() if step.kind == "service"}
         self.tasks: dict[str, TaskState] = {}
+        self.since = since - SLACK
+        self.created = created
+        self.counts: dict[str, int] | None = None
         self.steps: dict | None = None
         self.run: dict | None = None
-        self.read_at: float | None = None
         self.done = False
         self.live = True
 
     def poll(self) -> dict | None:
-        summary = self.history.summary(self.run_id)
         now = time.time()
-        states = self.history.task_states(self.run_id)
-        changed = [s for s in states if self.tasks.get(s.name) != s]
+        summary = self.history.summary(self.run_id, counts=False)
+        fresh = self.history.task_states(self.run_id, since=self.since, created=self.created)
+        changed = [s for s in fresh if self.tasks.get(s.name) != s]
         for state in changed:
             self.tasks[state.name] = state
         message: dict = {}
-        run = {"state": summary.state, "ended": summary.ended, "error": summary.error,
-               "counts": summary.counts, "duration": (summary.ended or now) - summary.started}
-        if run != self.run or changed:
-            self.run = run
-            message["run"] = run
         if changed or self.steps is None:
-            steps = self._steps(states, changed)
+            counts = self.history.step_counts(self.run_id)
+            self.created = sum(sum(c.values()) for c in counts.values())
+            self.counts = {}
+            for step in counts.values():
+                for state, count in step.items():
+                    self.counts[state] = self.counts.get(state, 0) + count
+            urls = service_urls(self.history, self.run_id, self.workflow)
+            steps = {name: status.as_json() for name, status in graph.statuses(self.workflow, counts, urls).items()}
             if steps != self.steps:
-                self.steps = steps
-                message["steps"] = steps
+                self.steps = message["steps"] = steps
+        run = {"state": summary.state, "ended": summary.ended, "error": summary.error, "counts": self.counts,
+               "duration": (summary.ended or now) - summary.started}
+        if run != self.run or changed:
+            self.run = message["run"] = run
         if changed:
             message["tasks"] = [list(s) for s in changed]
-            since = None if self.read_at is None else self.read_at - SLACK
-            message["attempts"] = [[a.task, a.number, a.worker, a.started, a.ended, a.state]
-                                   for a in self.history.attempts(self.run_id, since=since)]
-        self.read_at = now
-        serving = any(s.state == "serving" for s in self.tasks.values())
-        self.live = summary.live or serving
+            message["attempts"] = [list(a) for a in self.history.attempt_spans(self.run_id, self.since)]
+        self.since = now - SLACK
+        self.live = summary.live or bool(self.counts.get("serving"))
         if not self.live:
             self.done = True  # this message holds the end state; the next poll would be empty
         return message or None
 
-    def _steps(self, states: list[TaskState], changed: list[TaskState]) -> dict:
-        counts: dict[str, dict[str, int]] = {}
-        for s in states:
-            step = counts.setdefault(s.step, {})
-            step[s.state] = step.get(s.state, 0) + 1
-        urls: dict[str, list[str]] = {}
-        for name in self.services:
-            for task in self.history.tasks(self.run_id, step=name, states=["serving"]):
-                if isinstance(task.manifest, dict) and isinstance(task.manifest.get("url"), str):
-                    urls.setdefault(name, []).append(task.manifest["url"])
-        return {name: status.as_json() for name, status in graph.statuses(self.workflow, counts, urls).items()}
-
     def every(self) -> float:
         return EVERY if self.live else IDLE_EVERY
+
+
+def service_urls(history: History, run_id: str, workflow: Workflow) -> dict[str, list[str]]:
+    """The URLs of the services of a run that serve now, by step."""
+    urls: dict[str, list[str]] = {}
+    for name, step in workflow.steps.items():
+        if step.kind == "service":
+            for task in history.tasks(run_id, step=name, states=["serving"]):
+                if isinstance(task.manifest, dict) and isinstance(task.manifest.get("url"), str):
+                    urls.setdefault(name, []).append(task.manifest["url"])
+    return urls
 
 
 class RunsFeed:

@@ -125,11 +125,11 @@ def leaderboard(doc: dict) -> Leaderboard:
     values = [r["val"][metric] for r in rows] + [r["test"][metric] for r in rows] + [bar["effective"]]
     low = max(0.0, min(v for v in values if v is not None) - 0.05)
     low = int(low * 10) / 10
-    width, left, row_h = 640, 170, 24
-    chart = Chart(width, row_h * len(rows) + 44)
+    width, left, row_h, head = 640, 170, 24, 18  # the bar's label goes in the head
+    chart = Chart(width, head + row_h * len(rows) + 24)
     x = _scale(low, 1.0, left, width - left - 20)
     for i, row in enumerate(rows):
-        top = 8 + row_h * i
+        top = head + row_h * i
         colour = SERVED if row["selected"] else ("#4a78a8" if row["passes_bar"] else "#b0b7bf")
         val, test = row["val"][metric], row["test"][metric]
         chart.labels.append((left - 6, top + 13, f"{row['position']}. {row['name']}", "end"))
@@ -138,7 +138,7 @@ def leaderboard(doc: dict) -> Leaderboard:
         if test is not None:
             chart.bars.append(Bar(left, top + 12, x(test) - left, 5, "#7f8c8d",
                                   f"{row['name']}: test {metric} {test:.3f}"))
-    bottom = 8 + row_h * len(rows)
+    bottom = head + row_h * len(rows)
     chart.lines.append((x(bar["effective"]), 2, x(bar["effective"]), bottom, f"bar {bar['effective']:.3f}"))
     for tick in _ticks(low, 1.0):
         chart.labels.append((x(tick), bottom + 14, f"{tick:g}", "middle"))

@@ -19,7 +19,7 @@ from fanflow.spec import graph as spec_graph
 from fanflow.spec.model import Workflow
 from fanflow.ui import graph
 from fanflow.ui.artifacts import FileView, media_type
-from fanflow.ui.live import EVERY, RunFeed, stream
+from fanflow.ui.live import EVERY, RunFeed, service_urls, stream
 from fanflow.ui.security import STORED_POLICY
 from fanflow.vocab.states import OK
 
@@ -58,9 +58,10 @@ def file_url(run_id: str, file: FileView, download: bool = False) -> str:
 
 def run_page(request: Request) -> Response:
     ui = request.app.state.ui
+    rendered = time.time()
     run, workflow = _run(request)
     counts = ui.history.step_counts(run.id)
-    urls = _service_urls(ui.history, run.id, workflow)
+    urls = service_urls(ui.history, run.id, workflow)
     view = graph.layout(workflow, graph.statuses(workflow, counts, urls))
     failures = ui.history.tasks(run.id, states=["failed"], limit=FAILURES_SHOWN)
     results = []
@@ -76,23 +77,19 @@ def run_page(request: Request) -> Response:
         "page": page, "run": run, "special": special, "file_url": file_url,
         "leaves": set(spec_graph.leaves(workflow)),
         "failed_total": run.counts.get("failed", 0),
+        "stream": f"/runs/{run.id}/stream?since={rendered:.3f}&created={sum(sum(c.values()) for c in counts.values())}",
     })
-
-
-def _service_urls(history, run_id: str, workflow: Workflow) -> dict[str, list[str]]:
-    urls: dict[str, list[str]] = {}
-    for name, step in workflow.steps.items():
-        if step.kind == "service":
-            for task in history.tasks(run_id, step=name, states=["serving"]):
-                if isinstance(task.manifest, dict) and isinstance(task.manifest.get("url"), str):
-                    urls.setdefault(name, []).append(task.manifest["url"])
-    return urls
 
 
 def run_stream(request: Request) -> Response:
     ui = request.app.state.ui
     run, workflow = _run(request)
-    feed = RunFeed(ui.history, run.id, workflow)
+    try:  # what the page was made from: the stream sends what changed since
+        since = float(request.query_params.get("since", 0))
+        created = int(request.query_params.get("created", 0))
+    except ValueError:
+        raise HTTPException(400, "since and created must be numbers") from None
+    feed = RunFeed(ui.history, run.id, workflow, since, created)
     return stream(request, feed.poll, lambda: feed.done, feed.every)
 
 
@@ -136,12 +133,10 @@ def timeline(request: Request) -> Response:
     """Every attempt of the run, compactly: lanes are workers."""
     ui = request.app.state.ui
     run, workflow = _run(request)
-    attempts = ui.history.attempts(run.id)
-    reused = [[t.name, t.ended] for t in ui.history.tasks(run.id) if t.cached and t.ended]
+    reused = [[t.name, t.ended] for t in ui.history.task_states(run.id, cached=True) if t.ended]
     return JSONResponse({
         "started": run.started, "ended": run.ended, "now": time.time(), "live": run.live,
-        "attempts": [[a.task, a.number, a.worker, a.started, a.ended, a.state] for a in attempts],
-        "reused": reused,
+        "attempts": ui.history.attempt_spans(run.id), "reused": reused,
         "services": [name for name, step in workflow.steps.items() if step.kind == "service"],
     })
 

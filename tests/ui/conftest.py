@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from fanflow.project import Project
-from fanflow.serving.server import ServerThread
 from fanflow.spec.loader import load_workflow
-from fanflow.ui.app import create_app
+from fanflow.ui.app import Served, create_app
 
 FLOWS = Path(__file__).parent / "flows"
 PAGES = FLOWS / "pages.yaml"
@@ -34,15 +33,9 @@ def run_pages(home: Path, **params):
         project.close()
 
 
-class UIServer:
+def serve_ui(home: Path, workflows=()) -> Served:
     """``fanflow ui`` in a thread of the test process, on a free loopback port."""
-
-    def __init__(self, home: Path, workflows=()):
-        self.thread = ServerThread(create_app(home, workflows=list(workflows)), graceful_timeout=1).start(60)
-        self.url = self.thread.url
-
-    def stop(self) -> None:
-        self.thread.stop()
+    return Served(create_app(home, workflows=list(workflows)))
 
 
 @pytest.fixture(scope="module")

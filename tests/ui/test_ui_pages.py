@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from fanflow.history import History
 from fanflow.project import Project
-from tests.ui.conftest import PAGES, UIServer, run_pages, screenshot
+from tests.ui.conftest import PAGES, run_pages, screenshot, serve_ui
 
 XSS = "<script>alert(1)</script>"
 
@@ -45,7 +45,7 @@ def store(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-pages") / ".fanflow"
     first = run_pages(home)
     second = run_pages(home, n=5)
-    server = UIServer(home, workflows=[PAGES])
+    server = serve_ui(home, workflows=[PAGES])
     yield home, first, second, server
     server.stop()
 
@@ -87,7 +87,7 @@ def test_a_failing_tasks_traceback_and_logs_are_two_clicks_away(page, store, tmp
     assert logs.nth(0).inner_text() == "squaring 3\n"
     assert logs.nth(1).inner_text() == "three is about to fail\n"
     assert panel.locator("details.attempt").count() == 2  # the retry is there too
-    screenshot(page, "task-panel", tmp_path)
+    screenshot(page, "task-panel", tmp_path, "#panel")
 
 
 def test_a_fan_out_is_one_node_that_opens_to_its_branches(page, store):

@@ -14,7 +14,7 @@ from fanflow.history import History
 from fanflow.project import Project
 from fanflow.spec.loader import load_workflow
 from tests.conftest import ROOT
-from tests.ui.conftest import FLOWS, UIServer, screenshot
+from tests.ui.conftest import FLOWS, screenshot, serve_ui
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def reference(tmp_path_factory):
     finally:
         project.close()
     assert result.state == "succeeded", result.error
-    server = UIServer(home)
+    server = serve_ui(home)
     yield home, result, server
     server.stop()
 
@@ -74,7 +74,7 @@ def test_the_run_page_shows_the_graph_timeline_leaderboard_and_report(page, refe
     assert report.locator("iframe.stored[sandbox='']").count() == 1  # the HTML report, sandboxed
     assert "Coverage report" in report.locator(".markdown h1").inner_text()
     report.locator("figure.k-markdown").scroll_into_view_if_needed()
-    screenshot(page, "reference-report", tmp_path, "details.step-output:has(a[data-task=aggregate])")
+    screenshot(page, "reference-report", tmp_path, "details.step-output:has(a[data-task=aggregate]) figure.k-markdown")
     page.click("#node-train")
     page.click(".branch-list a.task-link >> nth=0")
     card = page.locator("#panel figure.k-card")
@@ -99,8 +99,16 @@ def test_the_tagging_page_shows_tags_with_provenance_and_a_degraded_banner_once_
     assert answer.locator(".clip-shown img").evaluate("img => img.naturalWidth") > 0  # the clip plays
     screenshot(page, "tagging", tmp_path)
 
+    # The run that serves them shows its services with their URLs while they serve.
+    gateway_url = page.inner_text("#gateway-url")
+    killed, pid, serving = _a_member(home, result.run_id)
+    graph = page.context.new_page()
+    graph.goto(f"{server.url}/runs/{serving}")
+    assert graph.locator("#node-gateway .extra").text_content() == gateway_url
+    assert "serving" in graph.get_attribute("#node-gateway", "class")
+    graph.close()
+
     # Kill one member's server: until the run brings it back, the gateway answers without it.
-    killed, pid = _a_member(home, result.run_id)
     psutil.Process(pid).kill()
     page.click("button.clip >> nth=0")
     banner = page.locator("#answer .degraded")
@@ -112,15 +120,17 @@ def test_the_tagging_page_shows_tags_with_provenance_and_a_degraded_banner_once_
     screenshot(page, "tagging-degraded", tmp_path)
 
 
-def _a_member(home, run_id: str) -> tuple[str, int]:
-    """The name of a model server the page's gateway asks, and the pid listening for it."""
+def _a_member(home, run_id: str) -> tuple[str, int, str]:
+    """The name of a model server the page's gateway asks (not the best one, whose tags stay
+    on the page), the pid listening for it, and the run that serves it."""
     project = Project(home)
     try:
         history = History(project)
         serving = next(r for r in history.find() if r.resumed_from == run_id)
-        member = history.tasks(serving.id, step="serve", states=["serving"])[0].manifest
+        second = history.task(run_id, "select").manifest[1]["name"]
+        member = history.task(serving.id, f"serve[model={second}]").manifest
     finally:
         project.close()
     port = int(member["url"].rsplit(":", 1)[1])
     pid = next(c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port)
-    return member["model"], pid
+    return member["model"], pid, serving.id

@@ -22,14 +22,14 @@ from fanflow.history import History
 from fanflow.ml.video import write_video
 from fanflow.project import Project
 from tests.conftest import write
-from tests.ui.conftest import FLOWS, PAGES, UIServer, run_pages
+from tests.ui.conftest import FLOWS, PAGES, run_pages, serve_ui
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-server") / ".fanflow"
     result = run_pages(home)
-    server = UIServer(home, workflows=[PAGES])
+    server = serve_ui(home, workflows=[PAGES])
     client = httpx.Client(base_url=server.url, timeout=60, follow_redirects=False)
     token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text).group(1)
     yield home, result, server, client, token
@@ -104,7 +104,7 @@ def test_an_html_report_is_served_in_a_sandbox(tmp_path):
         task = History(project).task(run.run_id, "report")
     finally:
         project.close()
-    server = UIServer(home)
+    server = serve_ui(home)
     try:
         digest = task.manifest["html"]["$artifact"]
         served = httpx.get(f"{server.url}/runs/{run.run_id}/file/{digest}", params={"task": "report"})

@@ -36,7 +36,8 @@ async function openTask(name, keepScroll) {
     const start = () => { for (const pre of details.querySelectorAll("pre.log")) followLog(pre, generation); };
     if (details.open) start(); else details.addEventListener("toggle", start, {once: true});
   }
-  if (!keepScroll && window.matchMedia("(max-width: 900px)").matches) panel.scrollIntoView();
+  const box = panel.getBoundingClientRect();
+  if (!keepScroll && (box.top > innerHeight * 0.6 || box.bottom < 0)) panel.scrollIntoView({block: "start"});
 }
 
 async function followLog(pre, generation) {
@@ -148,7 +149,7 @@ function applyTasks(tasks) {
 }
 
 function connect() {
-  const source = new EventSource(`${base}/stream`);
+  const source = new EventSource(run.stream);
   source.onmessage = (event) => {
     const message = JSON.parse(event.data);
     if (message.run) applyRun(message.run);
