@@ -44,3 +44,9 @@ def big(mb: int):
 def touch_all(data: dict, i: int) -> dict:
     array = data["array"]
     return {"i": i, "sum": float(array.sum())}
+
+
+def nap(seconds: float, x: int = 0) -> int:
+    """Sleep ``seconds`` (a task that takes wall time, not CPU)."""
+    time.sleep(seconds)
+    return x

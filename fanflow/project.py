@@ -109,6 +109,7 @@ class Project:
         keep_services: bool = False,
         listeners: list[Callable[[list[Event]], None]] | None = None,
         resume: str | None = None,
+        run_id: str | None = None,
     ) -> Runner:
         previous = None
         if resume:
@@ -138,6 +139,7 @@ class Project:
             listeners=listeners,
             keep_services=keep_services,
             resumed_from=resume,
+            run_id=run_id,
         )
 
     def ship(self, workflow: Workflow) -> dict[str, str]:

@@ -44,6 +44,12 @@ class Task:
     manifest: Any = field(default=None, repr=False)
     _run: Run | None = field(default=None, repr=False)
 
+    @classmethod
+    def from_row(cls, row: dict, run: Run | None = None) -> Task:
+        """A task as the run store holds it (``RunStore.tasks``)."""
+        return cls(row["name"], row["step"], row["state"], row["attempts"], row["started"], row["ended"],
+                   bool(row["cached"]), row["error"], row["reason"], row["item"], row["output"], run)
+
     @property
     def duration(self) -> float | None:
         return self.ended - self.started if self.started and self.ended else None
@@ -68,11 +74,7 @@ class Run:
         self.resumed_from = row.resumed_from
         self._row = row
         self._artifacts_url = artifacts_url
-        self.tasks: dict[str, Task] = {
-            t["name"]: Task(t["name"], t["step"], t["state"], t["attempts"], t["started"], t["ended"],
-                            bool(t["cached"]), t["error"], t["reason"], t["item"], t["output"], self)
-            for t in tasks
-        }
+        self.tasks: dict[str, Task] = {t["name"]: Task.from_row(t, self) for t in tasks}
         self.outputs = Outputs(self)
 
     # -- reading runs -------------------------------------------------------------------

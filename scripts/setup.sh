@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # torch 2.13.0 is pinned in pyproject.toml: a CPU build that pip takes from the machine's disk.
-if ! .venv/bin/python -c "import fanflow, ray, hera, psycopg, nbclient, pyte, dask" 2>/dev/null \
+if ! .venv/bin/python -c "import fanflow, ray, hera, psycopg, nbclient, pyte, dask, playwright" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.fanflow-installed ]; then
     echo "setup: installing fanflow and its dependencies into .venv (a few minutes on a fresh machine)"
     .venv/bin/python -m pip install --quiet --upgrade pip

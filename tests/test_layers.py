@@ -97,3 +97,16 @@ def test_the_pod_runs_tasks_as_every_backend_does_not_through_the_local_or_ray_e
             ):
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_web_ui_reads_runs_through_the_library_never_sql():
+    """fanflow.ui knows the public API (history, background, results), not the run store."""
+    wrong = []
+    for path in sorted((PACKAGE / "ui").rglob("*.py")):
+        for module, _, line in _imports(path):
+            if module.split(".")[0] == "sqlalchemy" or module.startswith(("fanflow.stores.runs", "fanflow.stores.schema",
+                                                                          "fanflow.stores.recording")):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+    sources = " ".join(p.read_text() for p in (PACKAGE / "ui").rglob("*.py"))
+    assert "project.store" not in sources and "._store" not in sources

@@ -1,7 +1,7 @@
 """``fanflow``: run, check, draw and inspect workflows.
 
 Each command group lives in its own module (``run``, ``runs``, ``workflows``, ``predict``,
-``kube``, ``doctor``); this one only wires them into one command and maps user errors to exit
+``kube``, ``doctor``, ``ui``); this one only wires them into one command and maps user errors to exit
 code 2, and a run store that cannot be used to one line and exit code 1."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from fanflow.cli import doctor, kube, predict, run, runs, workflows
+from fanflow.cli import doctor, kube, predict, run, runs, ui, workflows
 from fanflow.cli.common import UsageError, err, escape
 from fanflow.errors import RunNotFound
 from fanflow.spec.errors import SpecError
@@ -34,6 +34,7 @@ for command in (workflows.validate, workflows.pack, workflows.describe, workflow
 app.command("list")(workflows.list_workflows)
 for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc, doctor.doctor):
     app.command()(command)
+app.command("ui")(ui.ui)
 app.add_typer(kube.export_app, name="export")
 app.command("exec")(kube.exec_command)
 

@@ -29,6 +29,10 @@ def run(
         Path | None,
         typer.Option("--out", help="Also copy every output here, under readable names (STEP/NAME.EXT)."),
     ] = None,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Also serve the web UI on 127.0.0.1 (up until Ctrl-C after the run).")
+    ] = False,
+    ui_port: Annotated[int, typer.Option(help="The web UI's port (with --ui; 0: a free one).")] = 8765,
     home: HomeOption = None,
 ) -> None:
     """Run a workflow and show every task as it goes."""
@@ -43,6 +47,7 @@ def run(
         json_output=json_output,
         out_dir=out_dir,
         home=home,
+        ui_port=ui_port if ui else None,
     )
 
 
@@ -58,6 +63,7 @@ def _execute(
     json_output: bool = False,
     out_dir: Path | None = None,
     resume: str | None = None,
+    ui_port: int | None = None,
 ) -> None:
     from fanflow.cli.live import RunView
 
@@ -76,6 +82,11 @@ def _execute(
     )
     view.title = f"{spec.name} · run {runner.run_id}" + (f" · resumes {resume}" if resume else "")
     view.sizes = runner.core.sizes
+    web = None
+    if ui_port is not None:
+        from fanflow.cli.ui import start_beside
+
+        web = start_beside(runner.run_id, home, ui_port)
     with view:
         try:
             result = runner.run()
@@ -88,6 +99,10 @@ def _execute(
         export(project, result.run_id, out_dir)
     if serve and result.state == "succeeded" and result.services:
         _keep_serving(runner, result)
+    elif web is not None:
+        wait_for_interrupt(f"the web UI is still up at {web.url}/runs/{result.run_id}")
+    if web is not None:
+        web.stop()
     project.close()
     raise typer.Exit(0 if result.state == "succeeded" else (130 if result.state == "cancelled" else 1))
 
@@ -182,6 +197,18 @@ def _show_report(step: str, value: Any) -> bool:
         if key != "markdown" and isinstance(item, str) and Path(item).is_file():
             out.print(f"[dim]{escape(step)} {key}: {escape(item)}[/]", markup=True, soft_wrap=True)
     return True
+
+
+def wait_for_interrupt(why: str) -> None:
+    """Say ``why`` this command goes on, then wait for Ctrl-C (or SIGTERM)."""
+    import signal
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    err.print(f"{why}  (Ctrl-C to stop)", soft_wrap=True)
+    stop.wait()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _keep_serving(runner, result) -> None:

@@ -205,10 +205,11 @@ def logs(
 ) -> None:
     """Print (or follow) the stdout and stderr that tasks wrote."""
     from fanflow.engine.runner import file_name
+    from fanflow.history import log_folder, log_path
 
     project = open_project(home)
     row = project.get_run(run_id)
-    folder = Path(row.home or project.home) / "logs" / row.id
+    folder = log_folder(row.home or project.home, row.id)
     tasks = project.store.tasks(row.id)
     if task is not None:
         tasks = [_task_named(tasks, task, row.id)]
@@ -219,7 +220,7 @@ def logs(
     for t in tasks:
         number = attempt or max(t["attempts"], 1)
         for stream in ("out", "err"):
-            path = folder / f"{file_name(t['name'])}.{number}.{stream}"
+            path = log_path(row.home or project.home, row.id, t["name"], number, stream)
             if path.exists() and path.stat().st_size:
                 if len(tasks) > 1 or stream == "err":
                     err.print(

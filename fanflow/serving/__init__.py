@@ -11,6 +11,7 @@
 - ``gateway``: one V2 endpoint in front of several model servers (``create_gateway_app``,
   ``serve_gateway``).
 - ``client``: calling V2 servers and reading fanflow's tag outputs.
+- ``tagging``: tagging clip files as a user does (``fanflow predict``, the UI's tagging page).
 - ``wire``: how clips and tags travel in V2 tensors.
 - ``metrics``: Prometheus metrics of a server.
 - ``server``: running an app on a loopback socket (blocking until SIGTERM, or in a thread).

@@ -45,7 +45,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def _server(app, limits: Limits | None = None) -> uvicorn.Server:
+def _server(app, limits: Limits | None = None, graceful_timeout: int | None = None) -> uvicorn.Server:
     limits = limits or Limits()
     config = uvicorn.Config(
         app,
@@ -57,6 +57,7 @@ def _server(app, limits: Limits | None = None) -> uvicorn.Server:
         timeout_keep_alive=limits.idle_timeout,
         server_header=False,
         proxy_headers=False,
+        timeout_graceful_shutdown=graceful_timeout,  # streams (a page's live updates) end then
     )
     return uvicorn.Server(config)
 
@@ -117,6 +118,7 @@ def serve_blocking(
     ready: Callable[[], Awaitable[None]] | None = None,
     on_ready: Callable[[str], None] = lambda url: None,
     limits: Limits | None = None,
+    graceful_timeout: int | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down cleanly and return.
 
@@ -124,7 +126,7 @@ def serve_blocking(
     called; an exception from ``ready()`` stops the server and is raised here.
     """
     sock = bind_socket(host, port)
-    server = _server(app, limits)
+    server = _server(app, limits, graceful_timeout)
     # uvicorn catches SIGTERM/SIGINT while serving and raises them again once it has shut
     # down; these handlers absorb that second delivery so that this function returns.
     previous = {}
@@ -146,12 +148,13 @@ class ServerThread:
         httpx.get(server.url + "/v2/health/live")
     """
 
-    def __init__(self, app, host: str = DEFAULT_HOST, port: int = 0, limits: Limits | None = None):
+    def __init__(self, app, host: str = DEFAULT_HOST, port: int = 0, limits: Limits | None = None,
+                 graceful_timeout: int | None = None):
         self.app = app
         self.sock = bind_socket(host, port)
         self.url = url_of(self.sock)
         self.port = self.sock.getsockname()[1]
-        self._server = _server(app, limits)
+        self._server = _server(app, limits, graceful_timeout)
         self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
         self._error: BaseException | None = None
 

@@ -43,6 +43,7 @@ from fanflow.vocab.states import Event
 
 HEARTBEAT_EVERY = 2.0  # seconds between a live engine's heartbeats
 STALE_AFTER = 30.0  # a "running" run with no heartbeat for this long was interrupted
+RUN_SORTS = ("started", "duration", "workflow", "state", "id")
 
 
 def default_url(home: str | os.PathLike) -> str:
@@ -404,6 +405,111 @@ class RunStore:
         with self.engine.connect() as conn:
             return [self._run_row(r) for r in conn.execute(query).mappings()]
 
+    def find_runs(
+        self,
+        limit: int = 100,
+        *,
+        offset: int = 0,
+        workflow: str | None = None,
+        states: Iterable[str] = (),
+        text: str | None = None,
+        sort: str = "started",
+        descending: bool = True,
+        ids: Iterable[str] | None = None,
+    ) -> list[RunRow]:
+        """Runs matching every filter given: a workflow, any of ``states`` (a run whose
+        engine died reads "interrupted"), ``text`` found in the id, workflow, parameters or
+        error, or only the runs ``ids``; sorted by ``sort`` (one of ``RUN_SORTS``)."""
+        if sort not in RUN_SORTS:
+            raise ValueError(f"cannot sort runs by {sort!r} (expected one of {', '.join(RUN_SORTS)})")
+        query = sa.select(runs)
+        if ids is not None:
+            query = query.where(runs.c.id.in_(list(ids)))
+        if workflow:
+            query = query.where(runs.c.workflow == workflow)
+        states = set(states)
+        if states:
+            stored = states - {"interrupted"} | ({"running"} if "interrupted" in states else set())
+            query = query.where(runs.c.state.in_(sorted(stored)))
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(sa.or_(*(column.like(pattern, escape="\\") for column in
+                                         (runs.c.id, runs.c.workflow, runs.c.params, runs.c.error))))
+        key = {
+            "started": runs.c.started,
+            "duration": sa.func.coalesce(runs.c.ended, sa.func.coalesce(runs.c.heartbeat, runs.c.started))
+            - runs.c.started,
+            "workflow": runs.c.workflow,
+            "state": runs.c.state,
+            "id": runs.c.id,
+        }[sort]
+        query = query.order_by(key.desc() if descending else key.asc(), runs.c.started.desc())
+        with self.engine.connect() as conn:
+            found = [self._run_row(r) for r in conn.execute(query.limit(None if states else limit)
+                                                            .offset(0 if states else offset)).mappings()]
+        if states:  # "running" and "interrupted" are told apart only once read
+            found = [row for row in found if row.state in states][offset : offset + limit]
+        return found
+
+    def runs_changed_since(self, since: float) -> list[RunRow]:
+        """Runs started or ended since ``since``, and every run still recorded as running."""
+        query = sa.select(runs).where(
+            sa.or_(runs.c.state == "running", runs.c.started >= since, runs.c.ended >= since)
+        )
+        with self.engine.connect() as conn:
+            return [self._run_row(r) for r in conn.execute(query).mappings()]
+
+    def workflow_sources(self) -> list[tuple[str, str]]:
+        """(workflow, source file) of every workflow run from a file, most recent first."""
+        query = (
+            sa.select(runs.c.workflow, runs.c.source, sa.func.max(runs.c.started).label("last"))
+            .where(runs.c.source.is_not(None))
+            .group_by(runs.c.workflow, runs.c.source)
+            .order_by(sa.desc("last"))
+        )
+        with self.engine.connect() as conn:
+            return [(r.workflow, r.source) for r in conn.execute(query)]
+
+    def task_counts(self, run_ids: list[str]) -> dict[str, dict[str, int]]:
+        """How many tasks of each run are in each state."""
+        found: dict[str, dict[str, int]] = {run_id: {} for run_id in run_ids}
+        with self.engine.connect() as conn:
+            for start in range(0, len(run_ids), 500):
+                query = (
+                    sa.select(tasks.c.run_id, tasks.c.state, sa.func.count())
+                    .where(tasks.c.run_id.in_(run_ids[start : start + 500]))
+                    .group_by(tasks.c.run_id, tasks.c.state)
+                )
+                for run_id, state, count in conn.execute(query):
+                    found[run_id][state] = count
+        return found
+
+    def task_states(self, run_id: str, *, since: float | None = None, created: int = 0,
+                    cached: bool | None = None) -> list[tuple]:
+        """A run's tasks as (name, step, state, attempts, started, ended, cached), in creation
+        order: what a live view compares from one moment to the next. With ``since``, only
+        those that may have changed since then: created after the first ``created`` tasks,
+        started or ended since, or in a state that moves on without a time (running,
+        retrying, serving). With ``cached``, only those reused (or not)."""
+        columns = (tasks.c.name, tasks.c.step, tasks.c.state, tasks.c.attempts, tasks.c.started,
+                   tasks.c.ended, tasks.c.cached)
+        query = sa.select(*columns).where(tasks.c.run_id == run_id)
+        if since is not None:
+            query = query.where(sa.or_(tasks.c.seq >= created, tasks.c.state.in_(["running", "retrying", "serving"]),
+                                       tasks.c.started >= since, tasks.c.ended >= since))
+        if cached is not None:
+            query = query.where(tasks.c.cached == cached)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query.order_by(tasks.c.seq))]
+
+    def attempt_spans(self, run_id: str, since: float | None = None) -> list[tuple]:
+        """A run's attempts as (task, attempt, worker, started, ended, state), oldest first;
+        with ``since``, only those still going or that started or ended since then."""
+        query = sa.select(attempts.c.task, attempts.c.attempt, attempts.c.worker, attempts.c.started,
+                          attempts.c.ended, attempts.c.state).where(attempts.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(_since(query, since).order_by(attempts.c.started))]
+
     def _run_row(self, row) -> RunRow:
         state = row["state"]
         if state == "running" and self._is_dead(row):
@@ -441,18 +547,31 @@ class RunStore:
         return (time.time() - (row["heartbeat"] or 0)) > STALE_AFTER
 
     def tasks(
-        self, run_id: str, step: str | None = None, notable: bool = False, limit: int | None = None
+        self,
+        run_id: str,
+        step: str | None = None,
+        *,
+        names: Iterable[str] | None = None,
+        states: Iterable[str] = (),
+        notable: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict]:
-        """A run's tasks in creation order: all of them, or one step's; ``notable`` keeps only
-        the tasks that did not simply succeed on their first attempt."""
+        """A run's tasks in creation order: all of them, or one step's, only those named,
+        only those in ``states``, a page of them; ``notable`` keeps only the tasks that did not
+        simply succeed on their first attempt."""
         query = sa.select(tasks).where(tasks.c.run_id == run_id)
         if step is not None:
             query = query.where(tasks.c.step == step)
+        if names is not None:
+            query = query.where(tasks.c.name.in_(list(names)))
+        if states:
+            query = query.where(tasks.c.state.in_(list(states)))
         if notable:
             query = query.where(sa.or_(tasks.c.state != "succeeded", tasks.c.attempts > 1))
+        query = query.order_by(tasks.c.seq).limit(limit).offset(offset or None)
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(tasks.c.seq).limit(limit)).mappings()
-            return [_task_dict(r) for r in rows]
+            return [_task_dict(r) for r in conn.execute(query).mappings()]
 
     def step_counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """How many of each step's tasks are in each state, steps in the order they started."""
@@ -468,12 +587,14 @@ class RunStore:
             counts.setdefault(step, {})[state] = count
         return counts
 
-    def attempts(self, run_id: str, task: str | None = None) -> list[dict]:
+    def attempts(self, run_id: str, task: str | None = None, since: float | None = None) -> list[dict]:
+        """A run's attempts (or one task's), oldest first; with ``since``, only those still
+        going or that started or ended since then."""
         query = sa.select(attempts).where(attempts.c.run_id == run_id)
         if task:
             query = query.where(attempts.c.task == task)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query.order_by(attempts.c.started)).mappings()]
+            return [dict(r) for r in conn.execute(_since(query, since).order_by(attempts.c.started)).mappings()]
 
     def lineage(self, run_id: str) -> list[dict]:
         with self.engine.connect() as conn:
@@ -542,6 +663,13 @@ def _claim_new(conn, target: str, mine: dict) -> bool:
     except sa.exc.IntegrityError:
         return False
     return True
+
+
+def _since(query, since: float | None):
+    """Only the attempts still going, or that started or ended since ``since``."""
+    if since is None:
+        return query
+    return query.where(sa.or_(attempts.c.ended.is_(None), attempts.c.ended >= since, attempts.c.started >= since))
 
 
 def _task_dict(row) -> dict:
