@@ -22,7 +22,7 @@ from fanflow.ml.cnn import ClipCNN
 from fanflow.ml.errors import DataError, ParameterError
 from fanflow.ml.estimator import ClipTagger
 
-FORMAT = "fanflow.ml.model/1"
+FORMAT = "fanflow.ml.model/2"
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def save_model(estimator: ClipTagger, path: str | Path) -> Path:
         "tags": list(estimator.tags_),
         "input_shape": list(estimator.input_shape_),
         "threshold": float(estimator.threshold_),
+        "thresholds": [float(t) for t in estimator.thresholds_],
         "best_round": int(estimator.best_round_),
         "rounds": int(estimator.n_rounds_),
         "history": _jsonable(estimator.history_),
@@ -146,10 +147,13 @@ def load_model(path: str | Path) -> ClipTagger:
     if not needed <= set(files):
         raise DataError(f"{path}: incomplete model file, expected {sorted(needed)} beside model.json")
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+    if len(meta.get("thresholds", ())) != len(meta["tags"]):
+        raise DataError(f"{path}: expected one threshold per entity in model.json")
     estimator = cls(**params)
     estimator.tags_ = list(meta["tags"])
     estimator.input_shape_ = tuple(meta["input_shape"])
     estimator.threshold_ = float(meta["threshold"])
+    estimator.thresholds_ = [float(t) for t in meta["thresholds"]]
     estimator.best_round_ = meta["best_round"]
     estimator.n_rounds_ = meta["rounds"]
     estimator.history_ = meta["history"]
