@@ -15,7 +15,7 @@ def typed(kind: str, default, description: str, **extra) -> dict:
 
 PARAMS = {
     "seed": typed("int", 0, "Seed of the data and of every model."),
-    "models": typed("list", ["cnn_batchnorm", "cnn_motion", "cnn_wide", "cnn_even", "cnn_odd", "logistic"],
+    "models": typed("list", ["cnn_wide", "cnn_wide_motion", "cnn_even", "cnn_odd", "logistic"],
                     "The zoo trained in parallel (see fanflow.ml.models.MODELS)."),
     "top_k": typed("int", 2, "How many models to serve."),
     "min_accuracy": typed("float", 0.90, "The bar on the selection metric, on validation."),

@@ -11,6 +11,7 @@ TINY = {
     "cnn_batchnorm": TINY_CNN,
     "cnn_wide": TINY_CNN,
     "cnn_motion": TINY_CNN,
+    "cnn_wide_motion": TINY_CNN,
     "cnn_even": TINY_CNN,
     "cnn_odd": TINY_CNN,
     "logistic": {**TINY_CLASSIC, "max_rounds": 3},

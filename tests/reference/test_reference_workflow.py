@@ -191,7 +191,7 @@ def test_videos_of_another_kind_that_miss_the_bar_still_leave_a_leaderboard_and_
     assert all(t["state"] != "succeeded" for name, t in tasks.items() if name.startswith(("serve", "gateway")))
     board = tasks["select"]["output"]["board"]
     assert [row["name"] for row in board] and all(not row["selected"] for row in board)
-    # thresholds tuned on validation: no model collapsed to emitting nothing
-    assert all(row["val"]["tags_per_clip"] > 0 for row in board)
+    bar = tasks["select"]["output"]["bar"]  # some clips show no shape: the empty predictor scores above 0
+    assert bar["trivial"]["empty"] > 0 and bar["effective"] >= bar["trivial"]["empty"] + bar["margin"]
     report = tasks["ingest"]["output"]["report"]
     assert report["size"] == [32, 32] and 8 <= report["frames"] <= 16
