@@ -56,6 +56,13 @@ def as_json(selection: dict) -> dict:
     }
 
 
+def clip_counts(clips) -> str:
+    """``train 6000, val 1000, test 1000``."""
+    if not isinstance(clips, dict):
+        return "?"
+    return ", ".join(f"{split} {count}" for split, count in clips.items())
+
+
 def _f(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -68,7 +75,7 @@ def _status(row: dict) -> str:
 
 def markdown_table(doc: dict) -> str:
     head = "| # | model | " + " | ".join(label for _, _, label in COLUMNS) + " | train s | status |"
-    lines = [head, "|---" * (len(COLUMNS) + 5) + "|"]
+    lines = [head, "|---" * (len(COLUMNS) + 4) + "|"]
     for row in doc["models"]:
         cells = [_f(row[split][metric]) for split, metric, _ in COLUMNS]
         lines.append(f"| {row['position']} | {row['name']} | " + " | ".join(cells)
@@ -121,7 +128,7 @@ def write_leaderboard(selection: dict, out_dir: Path) -> dict[str, Path]:
     run = doc["run"]
     data = run.get("data", {})
     heading = (f"Run {run.get('id') or '(outside a run)'}, {run['date']}; data: {data.get('source', '?')}, "
-               f"clips {data.get('clips', '?')}")
+               f"clips: {clip_counts(data.get('clips'))}")
     ensemble = doc["ensemble"]
     chosen = ("" if ensemble is None else
               f"Chosen on validation: {' + '.join(ensemble['members'])} combined by {ensemble['strategy']}"

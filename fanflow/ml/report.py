@@ -27,7 +27,7 @@ import numpy as np
 
 from fanflow.ml.ensemble import count_threshold, emit, fit_strategy
 from fanflow.ml.errors import DataError
-from fanflow.ml.leaderboard import STYLE, as_json, bar_sentence, html_table, markdown_table
+from fanflow.ml.leaderboard import STYLE, as_json, bar_sentence, clip_counts, html_table, markdown_table
 from fanflow.ml.stats import compare
 
 FORMAT = "fanflow.report/1"
@@ -188,8 +188,9 @@ def _run_lines(selection: dict) -> list[str]:
     params = ", ".join(f"{k}={v}" for k, v in sorted(run.get("params", {}).items()))
     return [f"- run: {run.get('id') or '(outside a run)'}, {run['date']}",
             f"- data: {data.get('source', '?')}" + (f" ({data['folder']})" if data.get("folder") else "")
-            + f"; clips {data.get('clips')}; {data.get('frames')} frames of {data.get('size')} pixels; "
-            f"{data.get('tags')} entities" + (f"; {data['skipped']} bad file(s) skipped" if data.get("skipped") else ""),
+            + f"; clips: {clip_counts(data.get('clips'))}; {data.get('frames')} frames of "
+            f"{' × '.join(map(str, data.get('size') or []))} pixels; {data.get('tags')} entities"
+            + (f"; {data['skipped']} bad file(s) skipped" if data.get("skipped") else ""),
             f"- parameters: {params or '(defaults)'}"]
 
 
@@ -358,8 +359,8 @@ def _markdown(ev, doc, board, examples, cards, chart_name) -> str:
              f"![recall per entity and errors per clip]({chart_name})", "",
              f"## On the {doc['clips']} test clips", "", *_main_table_md(ev), "",
              "Thresholds of the combinations and the baseline were chosen on validation; each member emits a "
-             "tag where its score reaches 0.5 (its per-entity thresholds, tuned on validation, are folded into "
-             "its scores).", ""]
+             "tag where its score reaches 0.5 (its own thresholds, tuned on validation, are folded into its "
+             "scores; its card lists them).", ""]
     if ev["served_mismatched_clips"] is not None:
         lines += [f"The gateway's tags differ from the offline combination on {ev['served_mismatched_clips']} "
                   "clip(s).", ""]
@@ -373,7 +374,7 @@ def _markdown(ev, doc, board, examples, cards, chart_name) -> str:
     for row in board["models"]:
         card = (row.get("card") or {}).get("markdown")
         if card:
-            lines.append(f"- {row['name']}: `{card.get('sha256', card['file'])}` ({card['file']})")
+            lines.append(f"- {row['name']}: {card['file']}" + (f" (`{card['sha256']}`)" if card.get("sha256") else ""))
     return "\n".join([*lines, ""])
 
 
