@@ -43,7 +43,8 @@ PARAMS = {
     "max_steps": typed("int", 6000, "At most this many optimiser steps: a large data set gets fewer passes."),
     "batch_size": typed("int", 32, "Clips per optimiser step."),
     "patience": typed("int", 3, "Stop after this many epochs (rounds) without a lower validation loss."),
-    "min_epochs": typed("int", 2, "Epochs (rounds) after the learning-rate warm-up before early stopping may stop."),
+    "min_epochs": typed("int", 0, "Epochs after the learning-rate warm-up before early stopping may stop; 0: a "
+                        "quarter of the budget."),
     "threshold": typed("float", 0.0, "Every model's decision threshold; 0 tunes it on validation."),
     "thresholds": typed("str", "model", "Tune one threshold per model, or one per model and entity (fits "
                         "validation closer; can transfer worse to new clips).", choices=["model", "entity"]),

@@ -28,15 +28,16 @@ class Plan:
     epochs: int
     steps: int
     warmup_epochs: int
+    earliest_stop: int = 0  # the first epoch after which early stopping may stop
 
     def describe(self) -> str:
         return (f"{self.steps} optimiser steps = {self.epochs} epoch(s) of {self.steps_per_epoch} "
-                f"(warm-up {self.warmup_epochs})")
+                f"(warm-up {self.warmup_epochs}, no early stop before epoch {self.earliest_stop})")
 
 
 def check_budget(epochs, min_steps, max_steps, patience, min_epochs) -> None:
     for name, value, low in (("epochs", epochs, 1), ("min_steps", min_steps, 0), ("max_steps", max_steps, 1),
-                             ("patience", patience, 1), ("min_epochs", min_epochs, 0)):
+                             ("patience", patience, 1), ("min_epochs", 0 if min_epochs is None else min_epochs, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ParameterError(f"{name}: expected an integer >= {low}, got {value!r}")
     if min_steps > max_steps:
@@ -44,22 +45,25 @@ def check_budget(epochs, min_steps, max_steps, patience, min_epochs) -> None:
 
 
 def plan(n_clips: int, batch_size: int, epochs: int, min_steps: int, max_steps: int,
-         warmup: float = 0.0) -> Plan:
-    """The budget for ``n_clips`` training clips in batches of ``batch_size``."""
+         warmup: float = 0.0, min_epochs: int | None = None) -> Plan:
+    """The budget for ``n_clips`` training clips in batches of ``batch_size``; ``min_epochs``
+    None is a quarter of it."""
     per_epoch = max(1, math.ceil(n_clips / batch_size))
     steps = min(max(epochs * per_epoch, min_steps), max_steps)
     # whole epochs: enough to reach the steps wanted, never more than the cap allows
     n_epochs = max(1, min(math.ceil(steps / per_epoch), max_steps // per_epoch))
-    return Plan(per_epoch, n_epochs, n_epochs * per_epoch, math.ceil(warmup * n_epochs))
+    warmup_epochs = math.ceil(warmup * n_epochs)
+    after = math.ceil(n_epochs / 4) if min_epochs is None else min_epochs
+    return Plan(per_epoch, n_epochs, n_epochs * per_epoch, warmup_epochs, warmup_epochs + after)
 
 
 class EarlyStopping:
     """Tracks the validation loss epoch by epoch; says when the best so far was just seen
     and when to stop."""
 
-    def __init__(self, patience: int, min_epochs: int = 0, warmup_epochs: int = 0):
+    def __init__(self, patience: int, earliest_stop: int = 0):
         self.patience = patience
-        self.earliest_stop = warmup_epochs + min_epochs
+        self.earliest_stop = earliest_stop
         self.best = math.inf
         self.best_epoch = 0
         self.stale = 0

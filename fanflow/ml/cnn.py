@@ -75,8 +75,8 @@ class ClipCNN(ClipTagger):
     each clip (all frames at prediction), the head's bias starting at each entity's prior
     log-odds, for a budget of optimiser steps scaled to the data (``budget``). After every
     epoch the validation loss is measured; training stops once it has not improved for
-    ``patience`` epochs (never during the warm-up or the ``min_epochs`` after it), keeping
-    the best epoch. ``channels`` None picks the widths from the clip size: 16-32-64, with
+    ``patience`` epochs (never during the warm-up or the ``min_epochs`` after it, by default
+    a quarter of the budget), keeping the best epoch. ``channels`` None picks the widths from the clip size: 16-32-64, with
     one more block of 64 per doubling of the side beyond 32 pixels.
     """
 
@@ -99,7 +99,7 @@ class ClipCNN(ClipTagger):
         max_steps: int = 6000,
         warmup: float = 0.25,
         patience: int = 3,
-        min_epochs: int = 2,
+        min_epochs: int | None = None,
         train_frames: int = 4,
         threshold: float | None = None,
         entity_thresholds: bool = False,
@@ -213,7 +213,7 @@ class ClipCNN(ClipTagger):
         with torch.no_grad():
             net.head.bias.copy_(torch.from_numpy(np.log(prior / (1 - prior))).float())
 
-        budget = plan(n, self.batch_size, self.epochs, self.min_steps, self.max_steps, self.warmup)
+        budget = plan(n, self.batch_size, self.epochs, self.min_steps, self.max_steps, self.warmup, self.min_epochs)
         self.budget_ = budget
         optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = None
@@ -224,7 +224,7 @@ class ClipCNN(ClipTagger):
         loss_fn = torch.nn.BCEWithLogitsLoss()
         y_t = torch.from_numpy(y).to(device)
         per_step = min(self.train_frames, X.shape[1])
-        stopper = EarlyStopping(self.patience, self.min_epochs, budget.warmup_epochs)
+        stopper = EarlyStopping(self.patience, budget.earliest_stop)
         progress = Progress(type(self).__name__, budget.epochs, budget.describe(), enabled=bool(self.verbose))
 
         self.net_ = net

@@ -72,6 +72,8 @@ def _settings(model: str, training: dict | None) -> dict:
     for key, value in training.items():
         if key == "threshold" and not value:
             value = None  # 0: tune on validation
+        if key == "min_epochs" and not value:
+            continue  # 0: each model's own default
         if key == "thresholds":
             if value not in ("model", "entity"):
                 raise ParameterError(f"training.thresholds: expected 'model' or 'entity', got {value!r}")
@@ -139,7 +141,8 @@ def fit(data: dict, model: str, params: dict | None = None, seed: int = 0, train
         "best_round": estimator.best_round_,
         "budget": None if budget is None else {"steps": budget.steps, "epochs": budget.epochs,
                                                "steps_per_epoch": budget.steps_per_epoch,
-                                               "warmup_epochs": budget.warmup_epochs},
+                                               "warmup_epochs": budget.warmup_epochs,
+                                               "earliest_stop": budget.earliest_stop},
         "early_stopping": "validation loss",
         "history": _plain(estimator.history_),
     }

@@ -13,14 +13,17 @@ def test_the_budget_scales_with_the_data_between_a_floor_and_a_cap():
     assert huge.steps <= 6000 and huge.epochs == 1
     assert plan(10, 32, epochs=1, min_steps=0, max_steps=10).epochs == 1
     assert plan(6000, 32, 8, 1500, 6000, warmup=0.25).warmup_epochs == 2
+    # early stopping waits for the warm-up and, by default, a quarter of the budget after it
+    assert plan(1680, 32, 8, 1500, 6000, warmup=0.25).earliest_stop == 8 + 8
+    assert plan(1680, 32, 8, 1500, 6000, warmup=0.25, min_epochs=1).earliest_stop == 9
 
 
 def test_early_stopping_waits_for_the_warm_up_and_the_minimum_then_for_patience():
-    stopper = EarlyStopping(patience=2, min_epochs=2, warmup_epochs=3)
+    stopper = EarlyStopping(patience=2, earliest_stop=5)
     # a flat loss through the warm-up: no stop before epoch 5
     decisions = [stopper.update(epoch, 0.69) for epoch in range(1, 6)]
     assert [stop for _, stop in decisions] == [False, False, False, False, True]
-    stopper = EarlyStopping(patience=2, min_epochs=0)
+    stopper = EarlyStopping(patience=2)
     assert stopper.update(1, 0.5) == (True, False)
     assert stopper.update(2, 0.4) == (True, False)
     assert stopper.update(3, 0.3999999) == (False, False)  # too small an improvement

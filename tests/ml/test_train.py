@@ -24,7 +24,7 @@ def test_fit_returns_what_selection_and_serving_need(small_data, monkeypatch):
     proba = model.predict_proba(small_data["test"]["x"])
     assert (proba >= model.threshold_).sum() / 80 == pytest.approx(out["metrics"]["test"]["tags_per_clip"])
     assert np.array_equal(out["scores"]["test"], proba) and out["scores"]["val"].shape == (80, 10)
-    assert out["budget"] == {"steps": 20, "epochs": 2, "steps_per_epoch": 10, "warmup_epochs": 1}
+    assert out["budget"] == {"steps": 20, "epochs": 2, "steps_per_epoch": 10, "warmup_epochs": 1, "earliest_stop": 2}
     card = json.loads(out["card"]["json"].read_text())
     digest = "sha256:" + hashlib.sha256(out["model"].read_bytes()).hexdigest()
     assert card["artifact"]["sha256"] == digest == out["model_sha256"]
@@ -65,14 +65,15 @@ def test_mistakes_are_one_clear_error(small_data):
 
 
 def test_run_wide_training_settings_reach_every_model_that_has_them(small_data):
-    training = {"epochs": 1, "min_steps": 0, "max_steps": 50, "patience": 1, "min_epochs": 0, "threshold": 0.0,
+    training = {"epochs": 1, "min_steps": 0, "max_steps": 50, "patience": 1, "min_epochs": 3, "threshold": 0.0,
                 "batch_size": 64}
     cnn = fit(small_data, "cnn", params={"channels": [8, 16]}, training=training)
     assert cnn["name"] == "cnn[channels=8-16]"  # run-wide settings do not rename the branch
     assert cnn["params"]["epochs"] == 1 and cnn["params"]["batch_size"] == 64 and cnn["params"]["threshold"] is None
     assert cnn["budget"]["steps"] == 5
     forest = fit(small_data, "forest", n_templates=8, trees_per_round=4, max_rounds=2, training=training)
-    assert forest["params"]["min_rounds"] == 0 and forest["params"]["patience"] == 1 and forest["budget"] is None
+    assert forest["params"]["min_rounds"] == 3 and forest["params"]["patience"] == 1 and forest["budget"] is None
+    assert cnn["params"]["min_epochs"] == 3
     # a hyperparameter the item sets wins over the run-wide setting; a fixed threshold is used as is
     fixed = fit(small_data, "cnn", channels=[8], epochs=2, training={**training, "threshold": 0.3})
     assert fixed["params"]["epochs"] == 2 and set(fixed["thresholds"].values()) == {0.3}
