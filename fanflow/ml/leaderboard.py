@@ -115,6 +115,7 @@ th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td.why { text-align: left; }
 tr.selected { background: #eef7ee; }
 .verdict { font-size: 1.05em; background: #f4f7f4; padding: 0.8em 1em; border-left: 4px solid #2e9b47; }
+.verdict.missed { background: #fbf1f0; border-left-color: #c0392b; }
 .miss { color: #b03a2e; } .false { color: #7f8c8d; }
 img { max-width: 100%; } pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; }
 """
@@ -144,5 +145,6 @@ def write_leaderboard(selection: dict, out_dir: Path) -> dict[str, Path]:
         f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Leaderboard</title>"
         f"<style>{STYLE}</style></head><body><h1>Leaderboard</h1><p>{esc(heading)}</p>"
         f"<p>{esc(bar_sentence(doc))}</p>{html_table(doc)}<p>{esc(chosen)}</p>"
-        f"<p class=\"verdict\">{esc(doc['message'])}</p></body></html>\n", encoding="utf-8")
+        f"<p class=\"verdict{'' if doc['passed'] else ' missed'}\">{esc(doc['message'])}</p></body></html>\n",
+        encoding="utf-8")
     return paths

@@ -265,7 +265,6 @@ def _message(ranked, passing, k, bar, metric, missing, chosen, aggregation) -> s
         return (f"{len(passing)} of {len(ranked)} model(s) reach {metric} {sign} {bar['effective']:.3f} on "
                 f"validation; serving {' + '.join(c['name'] for c in chosen)} by {aggregation['strategy']} "
                 f"(validation {metric} {aggregation['jaccard']:.3f})")
-    needed = k - len(passing)
     # the model that would have had to pass: the best one below the bar
     short = ranked[len(passing)]
     score, name = short[0], short[1]["name"]
@@ -275,15 +274,14 @@ def _message(ranked, passing, k, bar, metric, missing, chosen, aggregation) -> s
         worst = max(bar["trivial"], key=bar["trivial"].get)
         reason = (f" (raised from {bar['at_least']:.3f}: the {worst.replace('_', '-')} predictor scores "
                   f"{bar['trivial'][worst]:.3f}, margin {bar['margin']:.3f})")
-    lead = (f"no model reached {metric} {sign} {bar['effective']:.3f} on validation{reason}"
+    lead = (f"no model reached {metric} {sign} {bar['effective']:.3f} on validation{reason}, {k} needed"
             if not passing else
             f"{len(passing)} of {len(ranked)} model(s) reached {metric} {sign} {bar['effective']:.3f} on "
             f"validation{reason}, {k} needed")
     failed = f"; {missing} training branch(es) failed" if missing else ""
     return (f"{lead}: the best {'remaining ' if passing else ''}model, {name}, scored {score:.3f}, "
             f"{gap:.3f} short{failed}; try more training (-p epochs=… or -p min_steps=…), larger clips "
-            f"(-p size=…, -p frames=…), more labelled clips, or a lower -p min_accuracy"
-            + ("" if needed <= 1 or passing else f" ({needed} models needed)"))
+            f"(-p size=…, -p frames=…), more labelled clips, or a lower -p min_accuracy")
 
 
 def _board(ranked, passing, chosen, tried, bar, metric, policy, k, aggregation) -> list[dict]:

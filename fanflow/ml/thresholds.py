@@ -7,7 +7,7 @@ gains at least half a clip and the entity shows in enough validation clips to tr
 
 Per-entity thresholds fit the validation clips closely; on the moving digits, whose
 validation and test clips show different handwriting, they raised validation Jaccard by
-0.4 to 0.8 points and lowered test Jaccard by 0.1 to 0.6 against one threshold per model
+0.4 to 1.0 points and lowered test Jaccard by up to 0.7 against one threshold per model
 (docs/ml.md), so the zoo's default is one per model.
 
 The thresholds are folded into the scores a model gives out (its ``predict_proba``): each

@@ -171,7 +171,7 @@ def test_when_no_model_reaches_the_bar_the_leaderboard_is_written_and_the_gate_f
         require_bar(result)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("no model reached jaccard ≥ 0.999 on validation: the best model, a_twin, scored")
+    assert message.startswith("no model reached jaccard ≥ 0.999 on validation, 2 needed: the best model, a_twin, scored")
     assert "short; try more training" in message and "leaderboard:" in message
 
 
