@@ -1,67 +1,92 @@
 """The reference workflow written in Python: the same validated spec as workflow.yaml."""
 
 from fanflow import flow, item, params
-from fanflow.ml.aggregate import tag_union
-from fanflow.ml.select import top_k
+from fanflow.ml.aggregate import tag_clips
+from fanflow.ml.select import choose, require_bar
 from fanflow.ml.sources import clips
 from fanflow.ml.train import fit
 from fanflow.serving.gateway import serve_gateway
 from fanflow.serving.model_server import serve_model
 
-wf = flow(
-    "video-entity-tagging",
-    description="Tag the handwritten digits moving through short video clips, with a union of the two best models.",
-    params={
-        "seed": {"type": "int", "default": 0, "description": "Seed of the data and of every model."},
-        "models": {"type": "list", "default": ["cnn", "cnn_dropout", "cnn_batchnorm", "cnn_motion", "logistic"],
-                   "description": "The zoo trained in parallel (see fanflow.ml.models.MODELS)."},
-        "top_k": {"type": "int", "default": 2, "description": "How many models to serve."},
-        "min_accuracy": {"type": "float", "default": 0.90, "description": "The bar on the selection metric."},
-        "metric": {"type": "str", "default": "jaccard",
-                   "description": "Example-based accuracy: mean |predicted ∩ true| / |predicted ∪ true| per clip."},
-        "train_clips": {"type": "int", "default": 6000, "description": "Training clips to generate."},
-        "val_clips": {"type": "int", "default": 1000,
-                      "description": "Validation clips (early stopping and selection)."},
-        "test_clips": {"type": "int", "default": 1000, "description": "Held-out clips the report is made on."},
-        "epochs": {"type": "int", "default": 0,
-                   "description": "Training budget in passes over the data; 0 keeps each model's own."},
-        "videos": {"type": "str", "default": "",
-                   "description": "A folder of your own video files with a labels CSV (file, tags); "
-                   "empty for the built-in moving digits."},
-        "on_bad": {"type": "str", "default": "error", "choices": ["error", "skip"],
-                   "description": "What a bad video file does: stop with an error naming it, or be skipped "
-                   "and counted."},
-        "strategy": {"type": "str", "default": "union",
-                     "choices": ["union", "intersection", "majority", "mean", "weighted"],
-                     "description": "How the gateway combines its members."},
-    },
-)
 
-ingest = wf.step("ingest", with_={"videos": params.videos, "on_bad": params.on_bad, "seed": params.seed,
-                                  "train": params.train_clips, "val": params.val_clips,
-                                  "test": params.test_clips})(clips)
+def typed(kind: str, default, description: str, **extra) -> dict:
+    return {"type": kind, "default": default, "description": description, **extra}
+
+
+PARAMS = {
+    "seed": typed("int", 0, "Seed of the data and of every model."),
+    "models": typed("list", ["cnn_wide", "cnn_wide_motion", "cnn_even", "cnn_odd", "logistic"],
+                    "The zoo trained in parallel (see fanflow.ml.models.MODELS)."),
+    "top_k": typed("int", 2, "How many models to serve."),
+    "min_accuracy": typed("float", 0.90, "The bar on the selection metric, on validation."),
+    "margin": typed("float", 0.05, "How far a model must score above both trivial predictors (one that emits "
+                    "nothing, one that emits every tag) on validation; the bar is raised to that where it is lower."),
+    "metric": typed("str", "jaccard", "Example-based accuracy: mean |predicted ∩ true| / |predicted ∪ true| per clip."),
+    "selection": typed("str", "ensemble", "ensemble: add, one at a time, the model whose combination with those "
+                       "kept does best on validation; top_k: the best models alone.", choices=["ensemble", "top_k"]),
+    "strategy": typed("str", "auto", "How the gateway combines its members; auto: the one that does best on "
+                      "validation.", choices=["auto", "mean", "union", "majority", "intersection"]),
+    "videos": typed("str", "", "A folder of your own video files with a labels CSV (file, tags); empty for the "
+                    "built-in moving digits."),
+    "labels": typed("str", "labels.csv", "The labels CSV inside the videos folder (or an absolute path)."),
+    "on_bad": typed("str", "error", "What a bad video file does: stop with an error naming it, or be skipped "
+                    "and counted.", choices=["error", "skip"]),
+    "frames": typed("int", 0, "Frames per clip; 0: 8 for the digits, the videos' median (4 to 16) for a folder."),
+    "size": typed("int", 0, "Side of a clip's frames in pixels; 0: 32 for the digits, the videos' median (at "
+                  "most 64) for a folder."),
+    "train_clips": typed("int", 0, "Training clips of the built-in digits (0: 6000); a folder's clips are all used."),
+    "val_clips": typed("int", 0, "Validation clips of the built-in digits (0: 1000)."),
+    "test_clips": typed("int", 0, "Held-out test clips of the built-in digits (0: 1000)."),
+    "epochs": typed("int", 8, "Training budget in passes over the training clips, before min_steps and "
+                    "max_steps apply."),
+    "min_steps": typed("int", 1500, "At least this many optimiser steps: a small data set gets more passes."),
+    "max_steps": typed("int", 6000, "At most this many optimiser steps: a large data set gets fewer passes."),
+    "batch_size": typed("int", 32, "Clips per optimiser step."),
+    "patience": typed("int", 3, "Stop after this many epochs (rounds) without a lower validation loss."),
+    "min_epochs": typed("int", 0, "Epochs after the learning-rate warm-up before early stopping may stop; 0: a "
+                        "quarter of the budget."),
+    "threshold": typed("float", 0.0, "Every model's decision threshold; 0 tunes it on validation."),
+    "thresholds": typed("str", "model", "Tune one threshold per model, or one per model and entity (fits "
+                        "validation closer; can transfer worse to new clips).", choices=["model", "entity"]),
+}
+TRAINING = ["epochs", "min_steps", "max_steps", "batch_size", "patience", "min_epochs", "threshold", "thresholds"]
+RECORDED = ["seed", "models", "top_k", "min_accuracy", "margin", "selection", "strategy", "videos", "frames", "size",
+            *TRAINING]
+
+wf = flow("video-entity-tagging",
+          description="Tag the entities in short video clips with an ensemble of models chosen on validation.",
+          params=PARAMS)
+
+ingest = wf.step("ingest", with_={
+    "videos": params.videos, "labels": params.labels, "on_bad": params.on_bad, "seed": params.seed,
+    "train": params.train_clips, "val": params.val_clips, "test": params.test_clips,
+    "frames": params.frames, "size": params.size})(clips)
 
 train = wf.step(
     "train",
     fan_out={"model": params.models},
-    with_={"data": ingest.output, "model": item.model, "seed": params.seed, "epochs": params.epochs},
+    with_={"data": ingest.output, "model": item.model, "seed": params.seed,
+           "training": {name: getattr(params, name) for name in TRAINING}},
     resources={"cpus": 1},
     retries=1,
 )(fit)
 
 select = wf.step(
     "select",
-    with_={"candidates": train.all(), "k": params.top_k, "metric": params.metric, "at_least": params.min_accuracy},
-    min_success=2,
+    with_={"candidates": train.all(), "data": ingest.output, "k": params.top_k, "metric": params.metric,
+           "at_least": params.min_accuracy, "margin": params.margin, "policy": params.selection,
+           "strategy": params.strategy, "run": {name: getattr(params, name) for name in RECORDED}},
+    min_success=1,
     executor="thread",
-)(top_k)
+)(choose)
 
-serve = wf.step("serve", kind="service", fan_out={"model": select.output}, with_={"model": item.model})(serve_model)
+bar = wf.step("bar", with_={"selection": select.output}, executor="thread")(require_bar)
 
-gateway = wf.step("gateway", kind="service", with_={"members": serve.all(), "strategy": params.strategy})(
-    serve_gateway
-)
+serve = wf.step("serve", kind="service", fan_out={"model": bar.output}, with_={"model": item.model})(serve_model)
 
-aggregate = wf.step("aggregate", with_={"gateway": gateway.output, "members": serve.all(), "data": ingest.output})(
-    tag_union
-)
+gateway = wf.step("gateway", kind="service", with_={
+    "members": serve.all(), "strategy": select.output.aggregation.strategy,
+    "threshold": select.output.aggregation.threshold})(serve_gateway)
+
+aggregate = wf.step("aggregate", with_={"gateway": gateway.output, "members": serve.all(),
+                                        "selection": select.output, "data": ingest.output})(tag_clips)

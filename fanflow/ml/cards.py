@@ -37,11 +37,14 @@ def card_markdown(card: dict) -> str:
         "",
         f"- family: `{card['family']}` (recipe `{card['recipe']}`, class `{card['class']}`)",
         f"- entities: {', '.join(card['tags'])}",
-        f"- input: clips of {' × '.join(map(str, card['input_shape']))} (frames × height × width), "
-        f"decision threshold {card['threshold']:.2f}",
+        f"- input: clips of {' × '.join(map(str, card['input_shape']))} (frames × height × width)",
+        "- decision thresholds (tuned on validation, per entity): "
+        + ", ".join(f"{tag} {t:.2f}" for tag, t in card["thresholds"].items()),
         f"- training: {card['training']['seconds']:.1f} s on {card['training']['threads']} thread(s), "
         f"device {card['training']['device']}, {card['training']['rounds']} round(s), "
-        f"best round {card['training']['best_round']} (early stopping on validation)",
+        f"best round {card['training']['best_round']} (early stopping on the validation loss)"
+        + (f"; budget {card['training']['budget']['steps']} optimiser steps "
+           f"({card['training']['budget']['epochs']} epochs)" if card["training"].get("budget") else ""),
         f"- file: `{artifact['file']}`, {artifact['bytes']:,} bytes, `{artifact['sha256']}`",
         "",
         "## Data",

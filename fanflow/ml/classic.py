@@ -8,8 +8,8 @@ with every template, max-pooled over space and then pooled over frames (max and 
 scikit-learn classifier maps the features to tags.
 
 Both models stop early on the validation clips: logistic regression adds solver iterations
-round by round (warm start) and the forest adds trees, each keeping the round with the best
-example-based accuracy on validation.
+round by round (warm start) and the forest adds trees, each keeping the round with the lowest
+validation loss (threshold-free, like the CNNs').
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import warnings
 
 import numpy as np
 
+from fanflow.ml.budget import EarlyStopping, Progress
 from fanflow.ml.errors import DataError, ParameterError
-from fanflow.ml.estimator import ClipTagger, unit_batch
+from fanflow.ml.estimator import ClipTagger
+from fanflow.ml.metrics import log_loss
+from fanflow.ml.video import to_unit
 
 PATCH = 8
 
@@ -34,7 +37,7 @@ def _extract_templates(X: np.ndarray, n_templates: int, rng: np.random.Generator
     clips, frames = rng.integers(0, n, count), rng.integers(0, t, count)
     patches = []
     for i, f in zip(clips, frames, strict=True):
-        frame = unit_batch(np.asarray(X[i, f]))
+        frame = to_unit(np.asarray(X[i, f]))
         # box sums of every PATCH×PATCH window through an integral image
         s = np.pad(frame, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         box = s[PATCH:, PATCH:] - s[:-PATCH, PATCH:] - s[PATCH:, :-PATCH] + s[:-PATCH, :-PATCH]
@@ -65,7 +68,7 @@ def template_features(X: np.ndarray, templates: np.ndarray, batch_size: int = 64
     out = np.empty((len(X), 2 * k), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(X), batch_size):
-            xb = torch.from_numpy(unit_batch(np.asarray(X[start : start + batch_size])))
+            xb = torch.from_numpy(to_unit(np.asarray(X[start : start + batch_size])))
             b, t, h, w = xb.shape
             frames = xb.reshape(b * t, 1, h, w)
             # templates are zero-mean, so <window, template> = <window - mean, template>
@@ -84,16 +87,14 @@ class _TemplateModel(ClipTagger):
     """Shared plumbing: templates, feature scaling, round-by-round early stopping."""
 
     def _check_common(self) -> None:
-        for name in ("n_templates", "max_rounds", "patience"):
+        for name, low in (("n_templates", 1), ("max_rounds", 1), ("patience", 1), ("min_rounds", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ParameterError(f"{name}: expected an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ParameterError(f"{name}: expected an integer >= {low}, got {value!r}")
 
-    def fit(self, X, y, validation=None, tags=None):
+    def _fit_model(self, X, y, X_val, y_val) -> None:
         from sklearn.preprocessing import StandardScaler
 
-        self._check_params()
-        X, y, X_val, y_val = self._check_fit_inputs(X, y, validation, tags)
         rng = np.random.default_rng(self.seed)
         self.templates_ = _extract_templates(X, self.n_templates, rng)
         f_train = template_features(X, self.templates_)
@@ -103,24 +104,26 @@ class _TemplateModel(ClipTagger):
         y_int = y.astype(np.int64)
 
         self.history_ = []
-        best_score, best, stale = -1.0, None, 0
+        stopper = EarlyStopping(self.patience, self.min_rounds)
+        progress = Progress(type(self).__name__, self.max_rounds, f"at most {self.max_rounds} rounds",
+                            unit="round", enabled=bool(self.verbose))
+        best = None
         for round_ in range(1, self.max_rounds + 1):
             self._grow(f_train, y_int, round_)
-            score = self._val_score(y_val, self._proba(f_val), self.threshold_)
-            self.history_.append({"round": round_, "val_jaccard": score})
-            if score > best_score:
-                best_score, best, stale = score, self._snapshot(), 0
-                self.best_round_ = round_
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
+            loss = log_loss(y_val, self._proba(f_val))
+            improved, stop = stopper.update(round_, loss)
+            self.history_.append({"round": round_, "val_loss": loss})
+            if improved:
+                best = self._snapshot()
+            progress.round(round_, loss, improved)
+            if stop:
+                progress.stopped(round_, stopper.best_epoch)
+                break
         self._restore(best)
+        self.best_round_ = stopper.best_epoch
         self.n_rounds_ = len(self.history_)
-        return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        X = self._check_predict_input(X)
+    def _raw_proba(self, X) -> np.ndarray:
         return self._proba(self.scaler_.transform(template_features(X, self.templates_)))
 
     # persistence: what goes through skops, and what is a plain array
@@ -144,14 +147,20 @@ class TemplateLogistic(_TemplateModel):
     family = "sklearn-logistic"
 
     def __init__(self, n_templates: int = 64, C: float = 0.1, iterations_per_round: int = 10,
-                 max_rounds: int = 20, patience: int = 2, threshold: float = 0.5, seed: int = 0):
+                 max_rounds: int = 20, patience: int = 2, min_rounds: int = 1, threshold: float | None = None,
+                 entity_thresholds: bool = False, validation_fraction: float = 0.15, seed: int = 0,
+                 verbose: int = 0):
         self.n_templates = n_templates
         self.C = C
         self.iterations_per_round = iterations_per_round
         self.max_rounds = max_rounds
         self.patience = patience
+        self.min_rounds = min_rounds
         self.threshold = threshold
+        self.entity_thresholds = entity_thresholds
+        self.validation_fraction = validation_fraction
         self.seed = seed
+        self.verbose = verbose
 
     def _check_params(self) -> None:
         self._check_common()
@@ -208,16 +217,22 @@ class TemplateForest(_TemplateModel):
     family = "sklearn-forest"
 
     def __init__(self, n_templates: int = 64, trees_per_round: int = 25, max_rounds: int = 12,
-                 min_samples_leaf: int = 2, max_features: float = 0.3, patience: int = 2,
-                 threshold: float = 0.5, seed: int = 0):
+                 min_samples_leaf: int = 2, max_features: float = 0.3, patience: int = 2, min_rounds: int = 1,
+                 threshold: float | None = None, entity_thresholds: bool = False,
+                 validation_fraction: float = 0.15, seed: int = 0,
+                 verbose: int = 0):
         self.n_templates = n_templates
         self.trees_per_round = trees_per_round
         self.max_rounds = max_rounds
         self.min_samples_leaf = min_samples_leaf
         self.max_features = max_features
         self.patience = patience
+        self.min_rounds = min_rounds
         self.threshold = threshold
+        self.entity_thresholds = entity_thresholds
+        self.validation_fraction = validation_fraction
         self.seed = seed
+        self.verbose = verbose
 
     def _check_params(self) -> None:
         self._check_common()

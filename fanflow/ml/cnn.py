@@ -15,8 +15,11 @@ import math
 
 import numpy as np
 
+from fanflow.ml.budget import EarlyStopping, Progress, check_budget, plan
 from fanflow.ml.errors import ParameterError
-from fanflow.ml.estimator import ClipTagger, unit_batch
+from fanflow.ml.estimator import ClipTagger
+from fanflow.ml.metrics import jaccard, log_loss
+from fanflow.ml.video import to_unit
 
 FRAME_VIEWS = ("all", "even", "odd")
 
@@ -70,15 +73,18 @@ class ClipCNN(ClipTagger):
 
     Trained with AdamW and a one-cycle learning rate on ``train_frames`` random frames of
     each clip (all frames at prediction), the head's bias starting at each entity's prior
-    log-odds; after every epoch the validation clips are scored and training stops once the
-    example-based accuracy has not improved for ``patience`` epochs, keeping the best epoch.
+    log-odds, for a budget of optimiser steps scaled to the data (``budget``). After every
+    epoch the validation loss is measured; training stops once it has not improved for
+    ``patience`` epochs (never during the warm-up or the ``min_epochs`` after it, by default
+    a quarter of the budget), keeping the best epoch. ``channels`` None picks the widths from the clip size: 16-32-64, with
+    one more block of 64 per doubling of the side beyond 32 pixels.
     """
 
     family = "torch-cnn"
 
     def __init__(
         self,
-        channels: tuple[int, ...] = (16, 32, 64),
+        channels: tuple[int, ...] | None = None,
         kernel: int = 3,
         dilation: int = 1,
         dropout: float = 0.0,
@@ -88,12 +94,19 @@ class ClipCNN(ClipTagger):
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         batch_size: int = 32,
-        max_epochs: int = 8,
-        patience: int = 2,
+        epochs: int = 8,
+        min_steps: int = 1500,
+        max_steps: int = 6000,
+        warmup: float = 0.25,
+        patience: int = 3,
+        min_epochs: int | None = None,
         train_frames: int = 4,
-        threshold: float = 0.5,
+        threshold: float | None = None,
+        entity_thresholds: bool = False,
+        validation_fraction: float = 0.15,
         seed: int = 0,
         device: str = "auto",
+        verbose: int = 0,
     ):
         self.channels = channels
         self.kernel = kernel
@@ -105,30 +118,40 @@ class ClipCNN(ClipTagger):
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
-        self.max_epochs = max_epochs
+        self.epochs = epochs
+        self.min_steps = min_steps
+        self.max_steps = max_steps
+        self.warmup = warmup
         self.patience = patience
+        self.min_epochs = min_epochs
         self.train_frames = train_frames
         self.threshold = threshold
+        self.entity_thresholds = entity_thresholds
+        self.validation_fraction = validation_fraction
         self.seed = seed
         self.device = device
+        self.verbose = verbose
 
     # ------------------------------------------------------------------ checks and plumbing
 
     def _check_params(self) -> None:
         if self.frames not in FRAME_VIEWS:
             raise ParameterError(f"frames: expected one of {FRAME_VIEWS}, got {self.frames!r}")
-        if not self.channels or any(int(c) < 1 for c in self.channels):
-            raise ParameterError(f"channels: expected a list of positive widths, got {self.channels!r}")
+        if self.channels is not None and (not self.channels or any(int(c) < 1 for c in self.channels)):
+            raise ParameterError(f"channels: expected a list of positive widths or None, got {self.channels!r}")
         if self.kernel not in (1, 3, 5, 7):
             raise ParameterError(f"kernel: expected 1, 3, 5 or 7, got {self.kernel!r}")
         if int(self.dilation) < 1:
             raise ParameterError(f"dilation: expected an integer >= 1, got {self.dilation!r}")
         if not 0.0 <= self.dropout < 0.5:
             raise ParameterError(f"dropout: expected a rate in [0, 0.5), got {self.dropout!r}")
-        for name in ("batch_size", "max_epochs", "patience", "train_frames"):
+        for name in ("batch_size", "train_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ParameterError(f"{name}: expected an integer >= 1, got {value!r}")
+        check_budget(self.epochs, self.min_steps, self.max_steps, self.patience, self.min_epochs)
+        if not 0.0 <= self.warmup < 1.0:
+            raise ParameterError(f"warmup: expected a fraction of the budget in [0, 1), got {self.warmup!r}")
         if not self.lr > 0:
             raise ParameterError(f"lr: expected a positive learning rate, got {self.lr!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
@@ -153,22 +176,27 @@ class ClipCNN(ClipTagger):
     def _tensor(self, X: np.ndarray, device):
         """Clips (B, T', H, W) already restricted to the view -> (B, T', C, H, W) floats."""
         torch = _torch()
-        x = torch.from_numpy(unit_batch(X)).to(device)
+        x = torch.from_numpy(to_unit(X)).to(device)
         if not self.motion:
             return x.unsqueeze(2)
         diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
         return torch.stack([x, diff], dim=2)
 
+    def _widths(self) -> list[int]:
+        if self.channels is not None:
+            return [int(c) for c in self.channels]
+        side = min(self.input_shape_[1:])
+        extra = max(0, round(math.log2(side / 32))) if side > 32 else 0
+        return [16, 32, 64] + [64] * extra
+
     def _new_net(self, n_tags: int):
-        return build_net(n_tags, [int(c) for c in self.channels], int(self.kernel), int(self.dilation),
+        return build_net(n_tags, self._widths(), int(self.kernel), int(self.dilation),
                          float(self.dropout), bool(self.batchnorm), 2 if self.motion else 1)
 
     # ------------------------------------------------------------------ fit / predict
 
-    def fit(self, X, y, validation=None, tags=None):
+    def _fit_model(self, X, y, X_val, y_val) -> None:
         torch = _torch()
-        self._check_params()
-        X, y, X_val, y_val = self._check_fit_inputs(X, y, validation, tags)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         device = self._resolve_device()
@@ -178,30 +206,38 @@ class ClipCNN(ClipTagger):
         n, k = y.shape
 
         net = self._new_net(k).to(device, memory_format=torch.channels_last)
-        sample = unit_batch(X[rng.choice(n, size=min(n, 512), replace=False)])
+        sample = to_unit(X[rng.choice(n, size=min(n, 512), replace=False)])
         net.mean.fill_(float(sample.mean()))
         net.std.fill_(float(sample.std()) or 1.0)
         prior = np.clip(y.mean(axis=0), 0.01, 0.99)
         with torch.no_grad():
             net.head.bias.copy_(torch.from_numpy(np.log(prior / (1 - prior))).float())
 
-        steps = math.ceil(n / self.batch_size)
+        budget = plan(n, self.batch_size, self.epochs, self.min_steps, self.max_steps, self.warmup, self.min_epochs)
+        self.budget_ = budget
         optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=self.lr,
-                                                       total_steps=steps * self.max_epochs)
+        schedule = None
+        if budget.steps >= 4:  # fewer steps are too few for a warm-up and a decay: a constant rate
+            schedule = torch.optim.lr_scheduler.OneCycleLR(
+                optimiser, max_lr=self.lr, total_steps=budget.steps,
+                pct_start=min(0.5, max(self.warmup, 2.0 / budget.steps)))
         loss_fn = torch.nn.BCEWithLogitsLoss()
         y_t = torch.from_numpy(y).to(device)
         per_step = min(self.train_frames, X.shape[1])
+        stopper = EarlyStopping(self.patience, budget.earliest_stop)
+        progress = Progress(type(self).__name__, budget.epochs, budget.describe(), enabled=bool(self.verbose))
 
         self.net_ = net
         self.history_ = []
-        best_score, best_state, stale = -1.0, None, 0
-        for epoch in range(1, self.max_epochs + 1):
+        best_state = None
+        for epoch in range(1, budget.epochs + 1):
             net.train()
             total = 0.0
             order = rng.permutation(n)
-            for s in range(steps):
+            for s in range(budget.steps_per_epoch):
                 idx = np.sort(order[s * self.batch_size : (s + 1) * self.batch_size])
+                if len(idx) == 0:
+                    continue
                 # each clip shows the network a different random subset of its frames
                 pick = np.sort(rng.random((len(idx), X.shape[1])).argsort(axis=1)[:, :per_step], axis=1)
                 xb = self._tensor(X[idx[:, None], pick], device)
@@ -209,25 +245,31 @@ class ClipCNN(ClipTagger):
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                schedule.step()
+                if schedule is not None:
+                    schedule.step()
                 total += loss.item() * len(idx)
-            score = self._val_score(y_val, self.predict_proba(X_val), self.threshold_)
-            self.history_.append({"epoch": epoch, "train_loss": total / n, "val_jaccard": score})
-            if score > best_score:
-                best_score, best_state, stale = score, copy.deepcopy(net.state_dict()), 0
-                self.best_round_ = epoch
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
+            val_proba = self._raw_proba(X_val)
+            val_loss = log_loss(y_val, val_proba)
+            improved, stop = stopper.update(epoch, val_loss)
+            self.history_.append({"epoch": epoch, "train_loss": total / n, "val_loss": val_loss,
+                                  "val_jaccard_at_half": self._jaccard_at_half(y_val, val_proba)})
+            if improved:
+                best_state = copy.deepcopy(net.state_dict())
+            progress.round(epoch, val_loss, improved, train_loss=total / n)
+            if stop:
+                progress.stopped(epoch, stopper.best_epoch)
+                break
         net.load_state_dict(best_state)
         net.eval()
+        self.best_round_ = stopper.best_epoch
         self.n_rounds_ = len(self.history_)
-        return self
 
-    def predict_proba(self, X, batch_size: int = 128) -> np.ndarray:
+    @staticmethod
+    def _jaccard_at_half(y_val, proba) -> float:
+        return jaccard(y_val, proba >= 0.5)
+
+    def _raw_proba(self, X, batch_size: int = 128) -> np.ndarray:
         torch = _torch()
-        X = self._check_predict_input(X)
         view = self._view(X.shape[1])
         net = self.net_
         device = next(net.parameters()).device

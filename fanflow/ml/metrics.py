@@ -48,6 +48,14 @@ def jaccard(y_true, y_pred) -> float:
     return float(per_clip.mean()) if len(per_clip) else 0.0
 
 
+def log_loss(y_true, proba, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy over every (clip, entity) pair: the threshold-free signal
+    that early stopping watches."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.clip(np.asarray(proba, dtype=np.float64), eps, 1 - eps)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+
+
 def subset_accuracy(y_true, y_pred) -> float:
     t, p = _binary(y_true), _binary(y_pred)
     return float((t == p).all(axis=1).mean())

@@ -43,24 +43,27 @@ def _load(stored: dict) -> dict:
 
 
 def _branch(job: tuple) -> dict:
-    stored, model, seed, scratch = job
+    stored, model, seed, training, scratch = job
     os.environ["FANFLOW_CPUS"] = "1"
     os.environ["FANFLOW_SCRATCH"] = str(scratch)
     from fanflow.ml.train import fit
 
     start = time.perf_counter()
-    result = fit(_load(stored), model, seed=seed)
+    result = fit(_load(stored), model, seed=seed, training=training)
     result["branch_seconds"] = time.perf_counter() - start
     return result
 
 
 def run(seed: int = 0, models: list[str] | None = None, workers: int = 2, k: int = 2, at_least: float = 0.90,
+        policy: str = "ensemble", strategy: str = "auto", training: dict | None = None,
         out: str | Path = "out/ml-reference", **source) -> dict:
+    """Ingest (the moving digits, or ``videos=DIR``), train ``models`` on ``workers`` processes,
+    select on validation and write the report on test; returns (and writes) ``summary.json``."""
     import multiprocessing
 
-    from fanflow.ml.report import offline_coverage
-    from fanflow.ml.select import top_k
-    from fanflow.ml.sources import moving_digits
+    from fanflow.ml.report import offline_report
+    from fanflow.ml.select import choose
+    from fanflow.ml.sources import clips
 
     models = list(models or REFERENCE_ZOO)
     out = Path(out)
@@ -69,19 +72,25 @@ def run(seed: int = 0, models: list[str] | None = None, workers: int = 2, k: int
     out.mkdir(parents=True)
     os.environ["FANFLOW_SCRATCH"] = str(out / "ingest")
     start = time.perf_counter()
-    data = moving_digits(seed=seed, **source)
+    data = clips(seed=seed, **source)
     ingest_seconds = time.perf_counter() - start
     stored = _store(data, out / "arrays")
 
     start = time.perf_counter()
-    jobs = [(stored, m, seed, out / "branches" / m) for m in models]
+    jobs = [(stored, m, seed, training, out / "branches" / m) for m in models]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         trained = pool.map(_branch, jobs, chunksize=1)
     fan_out_wall = time.perf_counter() - start
 
-    chosen = top_k(trained, k=k, metric="jaccard", at_least=at_least)
-    os.environ["FANFLOW_SCRATCH"] = str(out / "report")
-    report = offline_coverage(_load(stored), chosen)
+    os.environ["FANFLOW_SCRATCH"] = str(out / "select")
+    data = _load(stored)
+    selection = choose(trained, data, k=k, at_least=at_least, policy=policy, strategy=strategy,
+                       run={"seed": seed, "models": models, "k": k, "min_accuracy": at_least, "policy": policy,
+                            "strategy": strategy, **(training or {}), **source})
+    report = None
+    if selection["passed"]:
+        os.environ["FANFLOW_SCRATCH"] = str(out)
+        report = offline_report(data, selection)
     total = time.perf_counter() - start + ingest_seconds
 
     summary = {
@@ -95,14 +104,21 @@ def run(seed: int = 0, models: list[str] | None = None, workers: int = 2, k: int
             {"name": t["name"], "val_jaccard": t["metrics"]["val"]["jaccard"],
              **{f"test_{m}": t["metrics"]["test"][m] for m in ("jaccard", "micro_f1", "subset_accuracy",
                                                               "missed_per_clip", "false_per_clip")},
+             "rounds": t["rounds"], "best_round": t["best_round"],
              "train_seconds": t["train_seconds"], "branch_seconds": t["branch_seconds"]}
             for t in trained
         ],
-        "selected": [c["name"] for c in chosen],
-        "coverage": report["summary"],
-        "report": {k: str(v) for k, v in report.items() if k != "summary"},
+        "selection": {"passed": selection["passed"], "message": selection["message"],
+                      "members": [c["name"] for c in selection["models"]],
+                      "aggregation": None if not selection["passed"] else
+                      {k_: selection["aggregation"][k_] for k_ in ("strategy", "threshold", "jaccard")},
+                      "baseline": selection["baseline"], "bar": selection["bar"],
+                      "leaderboard": {k_: str(v) for k_, v in selection["leaderboard"].items()}},
+        "report": None if report is None else {**{k_: str(v) for k_, v in report.items()
+                                                  if k_ not in ("summary", "examples")},
+                                               "summary": report["summary"]},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
@@ -111,21 +127,24 @@ def _print(summary: dict) -> None:
           f"wall {summary['fan_out_wall_seconds']:.1f} s, sum of branches {summary['sum_of_branch_seconds']:.1f} s; "
           f"end to end {summary['total_seconds']:.1f} s")
     print(f"{'model':16s} {'val J':>6s} {'test J':>6s} {'F1':>6s} {'subset':>6s} {'missed':>6s} {'false':>6s} "
-          f"{'train s':>7s} {'branch s':>8s}")
+          f"{'epochs':>6s} {'train s':>7s} {'branch s':>8s}")
     for m in summary["models"]:
         print(f"{m['name']:16s} {m['val_jaccard']:6.3f} {m['test_jaccard']:6.3f} {m['test_micro_f1']:6.3f} "
               f"{m['test_subset_accuracy']:6.3f} {m['test_missed_per_clip']:6.3f} {m['test_false_per_clip']:6.3f} "
-              f"{m['train_seconds']:7.1f} {m['branch_seconds']:8.1f}")
-    c = summary["coverage"]
-    print(f"selected: {', '.join(summary['selected'])}")
-    print(f"union missed/clip {c['union_missed_per_clip']:.3f} (best member {c['best_member']} "
-          f"{c['best_member_missed_per_clip']:.3f}), false/clip {c['union_false_per_clip']:.3f} "
-          f"(best member {c['best_member_false_per_clip']:.3f})")
-    print(f"baseline {c['baseline_member']} @ {c['baseline_threshold']:.3f}: missed/clip "
-          f"{c['baseline_missed_per_clip']:.3f}, false/clip {c['baseline_false_per_clip']:.3f}; "
-          f"recall union {c['union_recall']:.4f} vs baseline {c['baseline_recall']:.4f} "
-          f"({100 * c['recall_gain_over_baseline']:+.2f} points) at {c['tags_per_clip']:.3f} tags/clip")
-    print(f"report: {summary['report']['html']}")
+              f"{m['best_round']:>3d}/{m['rounds']:<2d} {m['train_seconds']:7.1f} {m['branch_seconds']:8.1f}")
+    print(summary["selection"]["message"])
+    report = summary["report"]
+    if report is None:
+        print(f"leaderboard: {summary['selection']['leaderboard']['html']}")
+        return
+    s = report["summary"]
+    print(f"{'':44s} {'recall':>7s} {'missed':>7s} {'false':>7s} {'tags':>7s}")
+    for name, st in ((f"served {s['strategy']}", s["served"]),
+                     (f"baseline {s['baseline_member']} @ {s['baseline_threshold']:.3f}", s["baseline"])):
+        print(f"{name:44s} {st['recall']:7.4f} {st['missed_per_clip']:7.3f} {st['false_per_clip']:7.3f} "
+              f"{st['tags_per_clip']:7.3f}")
+    print(s["verdict"])
+    print(f"report: {report['html']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,9 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=REFERENCE_ZOO)
+    parser.add_argument("--policy", default="ensemble")
+    parser.add_argument("--strategy", default="auto")
+    parser.add_argument("--videos", default=None, help="a folder of videos with a labels CSV (default: the digits)")
     parser.add_argument("--out", default="out/ml-reference")
     args = parser.parse_args(argv)
-    _print(run(seed=args.seed, models=args.models, workers=args.workers, out=args.out))
+    source = {"videos": args.videos} if args.videos else {}
+    _print(run(seed=args.seed, models=args.models, workers=args.workers, policy=args.policy,
+               strategy=args.strategy, out=args.out, **source))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fanflow.ml.errors import DataError, ParameterError
-from fanflow.ml.video import VIDEO_SUFFIXES, read_clip, to_uint8, write_video
+from fanflow.ml.video import VIDEO_SUFFIXES, probe, read_clip, to_uint8, write_video
 
 SPLITS = ("train", "val", "test")
 DIGIT = 8  # side of a load_digits image
@@ -248,11 +248,16 @@ def _write_previews(split: dict, tags: list[str], count: int) -> list[Path]:
 # --------------------------------------------------------------------------- a user's videos
 
 
+# Chosen from the videos when not given: the median frame count and size, within these.
+AUTO_FRAMES = (4, 16)
+AUTO_MAX_SIDE = 64
+
+
 def video_folder(
     path: str | Path,
     labels: str | Path = "labels.csv",
-    frames: int = 8,
-    size: int | tuple[int, int] | list[int] = 32,
+    frames: int = 0,
+    size: int | tuple[int, int] | list[int] = 0,
     on_bad: str = "error",
     split: tuple[float, float, float] | list[float] | None = None,
     seed: int = 0,
@@ -269,6 +274,10 @@ def video_folder(
     :class:`DataError` naming the file, unless ``on_bad="skip"``: then the clip is left out
     and counted in the report. Without a ``split`` column the clips are split at random
     (``seed``) by the fractions ``split`` (default 0.7 / 0.15 / 0.15).
+
+    ``frames`` 0 takes the videos' median frame count (4 to 16); ``size`` 0 takes their
+    median height and width, shrunk so that the longer side is at most 64 pixels (and
+    rounded to a multiple of 4).
     """
     if on_bad not in ("error", "skip"):
         raise ParameterError(f"on_bad: expected 'error' or 'skip', got {on_bad!r}")
@@ -280,7 +289,8 @@ def video_folder(
     vocabulary = _vocabulary(tags, labels_path, rows)
     index = {t: k for k, t in enumerate(vocabulary)}
 
-    clips, targets, names, chosen, skipped = [], [], [], [], []
+    skipped: list[dict] = []
+    shapes = {}
     for row in rows:
         try:
             unknown = [t for t in row["tags"] if t not in index]
@@ -289,6 +299,18 @@ def video_folder(
                     f"{labels_path}: line {row['line']}: unknown tag {unknown[0]!r} for {row['file']!r} "
                     f"(known tags: {', '.join(vocabulary)})"
                 )
+            shapes[row["file"]] = probe(folder / row["file"]) if not (frames and size) else None
+        except DataError as e:
+            if on_bad == "error":
+                raise
+            skipped.append({"file": row["file"], "reason": str(e)})
+    frames, size, chosen_from = _clip_format(frames, size, [s for s in shapes.values() if s])
+
+    clips, targets, names, chosen = [], [], [], []
+    for row in rows:
+        if row["file"] not in shapes:
+            continue
+        try:
             clip = read_clip(folder / row["file"], frames, size)
         except DataError as e:
             if on_bad == "error":
@@ -303,6 +325,9 @@ def video_folder(
         chosen.append(row["split"])
     if not clips:
         raise DataError(f"{labels_path}: no usable clips ({len(skipped)} skipped)")
+    if skipped:
+        print(f"video_folder: skipped {len(skipped)} bad file(s) of {len(rows)} (on_bad=skip); first: "
+              f"{skipped[0]['reason']}", flush=True)
 
     assignment = _assign_splits(labels_path, chosen, split, seed)
     x, y = np.stack(clips), np.stack(targets)
@@ -326,12 +351,29 @@ def video_folder(
         "clips": {s: len(data[s]["x"]) for s in SPLITS},
         "frames": frames,
         "size": list(x.shape[2:]),
+        "format_from": chosen_from,
         "tags": len(vocabulary),
         "skipped": len(skipped),
         "skipped_files": skipped,
         "unlabelled_files": len(unlabelled),
     }
     return data
+
+
+def _clip_format(frames: int, size, shapes: list[tuple[int, int, int]]):
+    """(frames, (height, width), how they were chosen): as given, or from the videos' medians."""
+    chosen = []
+    if not frames:
+        median = int(np.median([s[0] for s in shapes])) if shapes else 8
+        frames = int(np.clip(median, *AUTO_FRAMES))
+        chosen.append(f"frames: median {median} of the videos")
+    if not size:
+        h = float(np.median([s[1] for s in shapes])) if shapes else 32.0
+        w = float(np.median([s[2] for s in shapes])) if shapes else 32.0
+        scale = min(1.0, AUTO_MAX_SIDE / max(h, w))
+        size = (max(8, 4 * round(h * scale / 4)), max(8, 4 * round(w * scale / 4)))
+        chosen.append(f"size: median {h:g}×{w:g} of the videos")
+    return frames, size, "; ".join(chosen) or "given"
 
 
 def _read_labels(path: Path) -> list[dict]:
@@ -365,11 +407,10 @@ def _read_labels(path: Path) -> list[dict]:
 
 def _vocabulary(tags, labels_path: Path, rows: list[dict]) -> list[str]:
     if tags is None and (labels_path.parent / "tags.txt").is_file():
-        tags = labels_path.parent / "tags.txt"
+        tags = "tags.txt"
     if isinstance(tags, str | Path):
-        tags_path = Path(tags)
-        if not tags_path.is_absolute():
-            tags_path = labels_path.parent / tags_path
+        # a relative tags file lies beside the labels file
+        tags_path = labels_path.parent / tags
         if not tags_path.is_file():
             raise DataError(f"{tags_path}: no such tags file (expected one tag per line)")
         tags = [line.strip() for line in tags_path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -511,9 +552,20 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str, yname: str) 
 
 
 def clips(videos: str | Path | None = None, labels: str = "labels.csv", on_bad: str = "error", seed: int = 0,
-          train: int = 6000, val: int = 1000, test: int = 1000, frames: int = 8, size: int = 32) -> dict:
+          train: int = 0, val: int = 0, test: int = 0, frames: int = 0, size: int = 0) -> dict:
     """The reference workflow's data: the built-in moving digits, or, when ``videos`` names a
-    folder, the user's own video files and their labels CSV (see ``video_folder``)."""
+    folder, the user's own video files and their labels CSV (see ``video_folder``).
+
+    ``train``, ``val`` and ``test`` are clip counts for the built-in digits (0: 6,000 / 1,000 /
+    1,000); a folder's clips are all used, split by its labels file, so setting them with
+    ``videos`` is an error. ``frames`` and ``size`` 0 take the source's own (the digits: 8 of
+    32×32; a folder: chosen from its videos)."""
     if videos:
+        given = [name for name, value in (("train_clips", train), ("val_clips", val), ("test_clips", test)) if value]
+        if given:
+            raise ParameterError(
+                f"{', '.join(given)}: apply to the built-in moving digits only; the clips of a videos folder are "
+                "all used and split by the labels file's 'split' column (or 70/15/15 at random)")
         return video_folder(videos, labels=labels, frames=frames, size=size, on_bad=on_bad, seed=seed)
-    return moving_digits(seed=seed, train=train, val=val, test=test, frames=frames, size=size)
+    return moving_digits(seed=seed, train=train or 6000, val=val or 1000, test=test or 1000, frames=frames or 8,
+                         size=size or 32)

@@ -63,6 +63,44 @@ def read_clip(path: str | Path, frames: int = 8, size: int | tuple[int, int] = 3
     return clip.astype(np.float32) / 255.0
 
 
+def probe(path: str | Path) -> tuple[int, int, int]:
+    """(frames, height, width) of a video, from its header where it says (decoding it to
+    count the frames where it does not). Raises DataError like ``read_clip``."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        shape = _read_npy_shape(path)
+        return shape
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: not a video (no video stream)")
+            stream = container.streams.video[0]
+            height, width, frames = stream.codec_context.height, stream.codec_context.width, stream.frames
+            if not frames:
+                frames = sum(1 for _ in container.decode(video=0))
+    except DataError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable video ({type(e).__name__}: {e})") from None
+    if not frames:
+        raise DataError(f"{path}: empty clip (the video has no frames)")
+    return int(frames), int(height), int(width)
+
+
+def _read_npy_shape(path: Path) -> tuple[int, int, int]:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: unreadable .npy clip ({e})") from None
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise DataError(f"{path}: expected a non-empty numeric array (T, H, W), got shape {array.shape}")
+    return tuple(int(s) for s in array.shape)
+
+
 def _decode(path: Path, hw: tuple[int, int]) -> list[np.ndarray]:
     import av
 

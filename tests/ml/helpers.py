@@ -3,7 +3,7 @@
 import numpy as np
 
 # Small enough that a CNN trains in about a second on one core.
-TINY_CNN = {"channels": (8, 16), "max_epochs": 2, "batch_size": 32}
+TINY_CNN = {"channels": (8, 16), "epochs": 2, "min_steps": 0, "batch_size": 32}
 TINY_CLASSIC = {"n_templates": 12}
 TINY = {
     "cnn": TINY_CNN,
@@ -11,12 +11,12 @@ TINY = {
     "cnn_batchnorm": TINY_CNN,
     "cnn_wide": TINY_CNN,
     "cnn_motion": TINY_CNN,
+    "cnn_wide_motion": TINY_CNN,
     "cnn_even": TINY_CNN,
     "cnn_odd": TINY_CNN,
     "logistic": {**TINY_CLASSIC, "max_rounds": 3},
     "forest": {**TINY_CLASSIC, "trees_per_round": 8, "max_rounds": 3},
 }
-
 
 
 def as_memmaps(data: dict, folder) -> dict:

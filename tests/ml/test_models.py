@@ -63,7 +63,11 @@ def test_fit_and_predict_proba(trained, small_data, name):
     assert proba.shape == (80, 10) and proba.dtype == np.float32
     assert proba.min() >= 0.0 and proba.max() <= 1.0
     assert model.tags_ == small_data["tags"] and model.input_shape_ == (8, 32, 32) and model.threshold_ == 0.5
+    assert len(model.thresholds_) == 10 and all(0 < t < 1 for t in model.thresholds_)
     assert np.array_equal(model.predict(small_data["test"]["x"]), (proba >= 0.5).astype(np.uint8))
+    # the per-entity thresholds tuned on validation are where the raw probabilities emit
+    raw = model._raw_proba(small_data["test"]["x"])
+    assert np.array_equal(proba >= 0.5, raw >= np.array(model.thresholds_))
     # float clips in [0, 1] and uint8 clips are the same input
     as_float = np.asarray(small_data["test"]["x"][:5], dtype=np.float32) / 255
     assert np.allclose(model.predict_proba(as_float), proba[:5], atol=1e-5)
@@ -89,6 +93,7 @@ def test_save_and_load_give_identical_predictions(trained, small_data, tmp_path,
     assert np.array_equal(model.predict_proba(x), again.predict_proba(x))
     assert again.get_params() == model.get_params()
     assert (again.tags_, again.input_shape_, again.threshold_) == (model.tags_, model.input_shape_, model.threshold_)
+    assert again.thresholds_ == model.thresholds_
     if name.startswith("cnn"):  # the same weights save to the same bytes, so the hash identifies them
         assert save_model(again, tmp_path / "again.zip").read_bytes() == path.read_bytes()
     names = set(zipfile.ZipFile(path).namelist())
@@ -138,18 +143,28 @@ def test_load_errors_name_the_file(tmp_path):
         load_model(tmp_path / "junk.zip")
 
 
-def test_early_stopping_keeps_the_best_round(small_data):
-    # a learning rate this small leaves validation flat after the first epoch: stop after `patience` more
-    model = fitted("cnn", small_data, lr=1e-9, max_epochs=10, patience=2)
-    assert model.n_rounds_ == 3 and model.best_round_ == 1
-    model = fitted("forest", small_data, max_rounds=8, patience=1)
-    scores = [h["val_jaccard"] for h in model.history_]
-    assert model.best_round_ == int(np.argmax(scores)) + 1
-    assert model.n_rounds_ == len(scores) and (len(scores) == 8 or scores[-1] <= max(scores))
-    val = small_data["val"]
-    achieved = model._val_score(np.asarray(val["y"]), model.predict_proba(val["x"]), 0.5)
-    assert achieved == pytest.approx(max(scores))  # the kept forest is the best round's
-    assert len(model.forest_.estimators_) == model.best_round_ * 8
+def test_early_stopping_watches_the_validation_loss_and_keeps_the_best_epoch(small_data):
+    # a learning rate this small leaves the loss flat: stop once warm-up, minimum and patience have passed
+    model = fitted("cnn", small_data, lr=1e-9, epochs=20, warmup=0.1, patience=2, min_epochs=1)
+    assert model.budget_.warmup_epochs == 2 and model.n_rounds_ == 3  # 2 warm-up + 1, then patience
+    assert model.best_round_ == 1 and all("val_loss" in h for h in model.history_)
+    # a working one keeps improving, and keeps the epoch with the lowest validation loss
+    model = fitted("cnn_batchnorm", small_data, epochs=4)
+    losses = [h["val_loss"] for h in model.history_]
+    assert model.best_round_ == int(np.argmin(losses)) + 1
+    forest = fitted("forest", small_data, max_rounds=8, patience=1)
+    losses = [h["val_loss"] for h in forest.history_]
+    assert forest.best_round_ == int(np.argmin(losses)) + 1
+    assert len(forest.forest_.estimators_) == forest.best_round_ * 8
+
+
+def test_no_model_collapses_to_predicting_nothing_on_sparse_tags(small_data):
+    """An untrained network sits at the entities' prior (0.2 here), under 0.5 everywhere; the
+    thresholds tuned on validation still make it tag (and so score above the empty predictor)."""
+    model = fitted("cnn", small_data, epochs=1, lr=1e-9)
+    x = small_data["test"]["x"]
+    assert (model._raw_proba(x) >= 0.5).sum() == 0
+    assert model.predict(x).sum() > 0 and model.score(x, small_data["test"]["y"]) > 0
 
 
 def test_history_and_params_are_json(trained):

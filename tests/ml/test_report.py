@@ -2,104 +2,83 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
-from fanflow.ml.report import coverage, lowered_threshold, offline_coverage, write_report
-from fanflow.ml.select import top_k
+from fanflow.ml.report import evaluate_ensemble, offline_report
+from fanflow.ml.select import choose
+from fanflow.ml.stats import compare, per_clip
 from fanflow.ml.train import fit
 
 from .helpers import TINY
 
 TAGS = ["a", "b", "c"]
-Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1]])
-# m1 misses b in clip 2 and c in clip 3 (scoring them 0.05) and falsely tags c in clip 1;
-# m2 misses a in clips 1 and 4 (scoring them 0.02 and 0.03).
-M1 = np.array([[0.9, 0.1, 0.6], [0.8, 0.05, 0.11], [0.12, 0.9, 0.05], [0.7, 0.8, 0.9]])
-M2 = np.array([[0.02, 0.15, 0.1], [0.9, 0.8, 0.04], [0.13, 0.7, 0.8], [0.03, 0.6, 0.7]])
+Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=bool)
 
 
-def test_hand_computed_coverage():
-    cov = coverage(Y, {"m1": M1, "m2": M2}, {"m1": 0.5, "m2": 0.5}, TAGS)
-    m1, m2 = cov["members"]["m1"], cov["members"]["m2"]
-    assert (m1["missed_per_clip"], m1["false_per_clip"]) == (2 / 4, 1 / 4)
-    assert (m2["missed_per_clip"], m2["false_per_clip"]) == (2 / 4, 0.0)
-    union, inter, mean = (cov["combined"][k] for k in ("union", "intersection", "mean"))
-    assert union["missed_per_clip"] == 0.0 and union["false_per_clip"] == 1 / 4  # every entity found
-    assert union["precision"] == pytest.approx(8 / 9) and union["jaccard"] == pytest.approx(3.5 / 4)
-    assert inter["missed_per_clip"] == 1.0 and inter["false_per_clip"] == 0.0
-    assert union["per_entity"]["a"] == {"recall": 1.0, "precision": 1.0, "support": 3}
-    assert m2["per_entity"]["a"]["recall"] == pytest.approx(1 / 3)
-    # mean score at 0.5: only a in clip 2 and b, c where both members agree survive
-    assert mean["missed_per_clip"] == 1.0 and mean["false_per_clip"] == 0.0
-    # the union emits 9 tags; m1 lowered to 0.11 emits 9 too and finds 6 of the 8 entities
-    # (m2 lowered to 0.1 as well: a tie, which goes to the first member)
-    base = cov["baseline"]
-    assert base["tags_emitted"] == union["tags_emitted"] == 9
-    assert base["member"] == "m1" and base["threshold"] == pytest.approx(0.11)
-    s = cov["summary"]
-    assert s["union_recall"] == 1.0 and s["baseline_recall"] == pytest.approx(6 / 8)
-    assert s["union_beats_baseline"] and s["recall_gain_over_baseline"] == pytest.approx(2 / 8)
-    assert s["missed_reduction"] == 1.0 and s["union_fewer_missed_than_every_member"]
+def selection_of(members, val_scores, strategy="union", threshold=0.5, baseline=("m1", 0.5)):
+    return {"models": [{"name": n, "scores": {"val": val_scores[n]}} for n in members],
+            "aggregation": {"strategy": strategy, "threshold": threshold, "members": members},
+            "baseline": {"member": baseline[0], "threshold": baseline[1]}}
 
 
-def test_lowered_threshold_emits_the_asked_count():
-    scores = np.array([[0.9, 0.2], [0.5, 0.4]])
-    assert (scores >= lowered_threshold(scores, 3)).sum() == 3
-    assert (scores >= lowered_threshold(scores, 0)).sum() == 0
-    assert (scores >= lowered_threshold(scores, 10)).sum() == 4
+def test_hand_computed_rows_and_the_deployable_baseline():
+    m1 = np.array([[0.9, 0.1, 0.6], [0.8, 0.05, 0.11], [0.12, 0.9, 0.05], [0.7, 0.8, 0.9]], dtype=np.float32)
+    m2 = np.array([[0.02, 0.15, 0.1], [0.9, 0.8, 0.04], [0.13, 0.7, 0.8], [0.03, 0.6, 0.7]], dtype=np.float32)
+    sel = selection_of(["m1", "m2"], {"m1": m1, "m2": m2}, baseline=("m1", 0.11))
+    ev = evaluate_ensemble(sel, Y, Y, {"m1": m1, "m2": m2}, TAGS)
+    rows = ev["rows"]
+    assert (rows["m1"]["missed_per_clip"], rows["m1"]["false_per_clip"]) == (2 / 4, 1 / 4)
+    served = rows["served: union"]
+    assert served["missed_per_clip"] == 0.0 and served["false_per_clip"] == 1 / 4
+    base = rows["baseline: m1 @ 0.110"]
+    assert base["tags_per_clip"] == served["tags_per_clip"] == 9 / 4 and base["recall"] == pytest.approx(6 / 8)
+    assert ev["headline"]["recall"]["difference"] == pytest.approx(2 / 8)
+    assert ev["served_mismatched_clips"] is None
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    y=arrays(np.uint8, (12, 4), elements=st.integers(0, 1)),
-    s1=arrays(np.float64, (12, 4), elements=st.floats(0, 1)),
-    s2=arrays(np.float64, (12, 4), elements=st.floats(0, 1)),
-    t1=st.floats(0.05, 0.95),
-    t2=st.floats(0.05, 0.95),
-)
-def test_the_union_never_misses_more_and_the_intersection_never_says_more(y, s1, s2, t1, t2):
-    cov = coverage(y, {"one": s1, "two": s2}, {"one": t1, "two": t2}, list("wxyz"))
-    union, inter = cov["combined"]["union"], cov["combined"]["intersection"]
-    for member in cov["members"].values():
-        assert union["missed_per_clip"] <= member["missed_per_clip"]
-        assert inter["false_per_clip"] <= member["false_per_clip"]
-        for tag in "wxyz":
-            if member["per_entity"][tag]["recall"] is not None:
-                assert union["per_entity"][tag]["recall"] >= member["per_entity"][tag]["recall"]
-    assert cov["baseline"]["tags_emitted"] >= union["tags_emitted"]
+def test_served_tags_are_what_the_report_measures_and_mismatches_are_counted():
+    s = np.where(Y, 0.9, 0.1).astype(np.float32)
+    sel = selection_of(["m1"], {"m1": s})
+    served = Y.copy()
+    served[0, 2] = True  # the gateway said one more tag than the member's scores give
+    ev = evaluate_ensemble(sel, Y, Y, {"m1": s}, TAGS, served=served)
+    assert ev["served_mismatched_clips"] == 1 and ev["rows"]["served: union"]["false_per_clip"] == 0.25
 
 
-def test_report_files(tmp_path):
-    cov = coverage(Y, {"m1": M1, "m2": M2}, {"m1": 0.5, "m2": 0.5}, TAGS)
-    files = write_report(cov, tmp_path / "report")
-    assert set(files) == {"markdown", "html", "chart", "json"}
-    assert files["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_bootstrap_intervals_say_when_a_difference_is_real():
+    rng = np.random.default_rng(0)
+    y = rng.random((1000, 5)) < 0.3
+    better, worse = y.copy(), y.copy()
+    worse[rng.random(y.shape) < 0.1] = False  # misses 10 % of the entities
+    real = compare(y, better, worse)
+    assert real["recall"]["significant"] and real["recall"]["low"] > 0.05
+    noise = y.copy()
+    flip = np.flatnonzero((rng.random(y.shape) < 0.002).ravel())
+    noise.ravel()[flip[: len(flip) // 2]] = False
+    same = compare(y, noise, y)
+    assert not same["jaccard"]["significant"] or abs(same["jaccard"]["difference"]) < 0.01
+    assert compare(y, better, worse) == real  # a fixed seed: the same interval every time
+    counts = per_clip(y, worse)
+    assert counts["found"].sum() + counts["missed"].sum() == y.sum()
+
+
+def test_the_report_files(small_data, scratch):
+    trained = [fit(small_data, name, params=TINY[name]) for name in ("cnn_batchnorm", "cnn_motion", "logistic")]
+    selection = choose(trained, small_data, k=2, at_least=0.0, margin=0.0, run={"seed": 0})
+    files = offline_report(small_data, selection)
+    assert {"markdown", "html", "chart", "json", "examples", "summary"} <= set(files)
+    doc = json.loads(files["json"].read_text())
+    assert doc["format"] == "fanflow.report/1" and doc["members"] == [c["name"] for c in selection["models"]]
+    assert doc["leaderboard"]["format"] == "fanflow.leaderboard/1" and len(doc["leaderboard"]["models"]) == 3
+    assert set(doc["figures"]) == {"recall_per_entity", "entities", "errors_per_clip"}
+    assert {"difference", "low", "high", "significant"} <= set(doc["headline"]["recall"])
     md = files["markdown"].read_text()
-    assert "| union | 1.000 | 0.889 | 0.875 | 0.000 | 0.250 | 2.250 |" in md and "baseline: m1 @ 0.110" in md
-    assert "finds more entities (recall +25.00 points)" in md
+    for needle in ("## Headline", "deployable baseline", "95 % interval", "## Leaderboard", "## Model cards",
+                   "## Example clips", "Secondary, not deployable"):
+        assert needle in md
     page = files["html"].read_text()
-    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
-    assert json.loads(files["json"].read_text())["summary"]["union_recall"] == 1.0
-
-
-def test_the_verdict_says_so_when_the_union_does_not_beat_the_baseline(tmp_path):
-    same = {"m1": M1, "m1 again": M1.copy()}
-    cov = coverage(Y, same, {"m1": 0.5, "m1 again": 0.5}, TAGS)
-    assert not cov["summary"]["union_beats_baseline"]
-    md = write_report(cov, tmp_path)["markdown"].read_text()
-    assert "does not beat it (recall +0.00 points)" in md
-
-
-def test_offline_coverage_loads_the_selected_models(small_data):
-    trained = [fit(small_data, name, params=TINY[name]) for name in ("cnn_batchnorm", "logistic")]
-    chosen = top_k(trained, k=2, metric="jaccard")
-    out = offline_coverage(small_data, chosen)
-    assert out["summary"]["members"] == [c["name"] for c in chosen]
-    assert out["summary"]["clips"] == 80
-    saved = json.loads(out["json"].read_text())
-    test_metrics = {c["name"]: c["metrics"]["test"] for c in chosen}
-    for name, member in saved["members"].items():  # same scores as the training step measured
-        assert member["missed_per_clip"] == pytest.approx(test_metrics[name]["missed_per_clip"])
-        assert member["false_per_clip"] == pytest.approx(test_metrics[name]["false_per_clip"])
+    assert "data:image/png;base64," in page and "data:image/gif;base64," in page and "<details id=\"card-" in page
+    assert files["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(p.read_bytes()[:3] == b"GIF" for p in files["examples"])
+    # every member row is the training step's own test measurement
+    for c in selection["models"]:
+        assert doc["rows"][c["name"]]["missed_per_clip"] == pytest.approx(c["metrics"]["test"]["missed_per_clip"])

@@ -14,7 +14,7 @@ from .helpers import TINY_CNN
 def test_fit_returns_what_selection_and_serving_need(small_data, monkeypatch):
     monkeypatch.setenv("FANFLOW_CPUS", "2")
     out = fit(small_data, "cnn_batchnorm", params=TINY_CNN, seed=0)
-    assert out["name"] == "cnn_batchnorm[batch_size=32,channels=8-16,max_epochs=2]"
+    assert out["name"] == "cnn_batchnorm[batch_size=32,channels=8-16,epochs=2,min_steps=0]"
     assert out["family"] == "torch-cnn" and out["threads"] == 2 and out["device"] == "cpu"
     assert out["params"]["batchnorm"] is True and out["params"]["channels"] == [8, 16]
     assert set(out["metrics"]) == {"val", "test"}
@@ -23,14 +23,17 @@ def test_fit_returns_what_selection_and_serving_need(small_data, monkeypatch):
     model = load_model(out["model"])
     proba = model.predict_proba(small_data["test"]["x"])
     assert (proba >= model.threshold_).sum() / 80 == pytest.approx(out["metrics"]["test"]["tags_per_clip"])
+    assert np.array_equal(out["scores"]["test"], proba) and out["scores"]["val"].shape == (80, 10)
+    assert out["budget"] == {"steps": 20, "epochs": 2, "steps_per_epoch": 10, "warmup_epochs": 1, "earliest_stop": 2}
     card = json.loads(out["card"]["json"].read_text())
     digest = "sha256:" + hashlib.sha256(out["model"].read_bytes()).hexdigest()
     assert card["artifact"]["sha256"] == digest == out["model_sha256"]
     assert card["data"]["clips"] == {"train": 320, "val": 80, "test": 80}
     assert card["training"]["threads"] == 2 and card["training"]["rounds"] >= 1
+    assert set(card["thresholds"]) == set(small_data["tags"])
     md = out["card"]["markdown"].read_text()
     assert md.startswith("# Model card: cnn_batchnorm[") and digest in md and "| jaccard |" in md
-    json.dumps({k: v for k, v in out.items() if k not in ("model", "card")})  # travels as JSON
+    json.dumps({k: v for k, v in out.items() if k not in ("model", "card", "scores")})  # travels as JSON
 
 
 def test_params_and_keyword_overrides_are_the_same_item(small_data):
@@ -61,16 +64,21 @@ def test_mistakes_are_one_clear_error(small_data):
         fit(bad, "cnn")
 
 
-def test_an_epoch_budget_caps_every_model_alike(small_data):
-    cnn = fit(small_data, "cnn", params={"channels": [8, 16]}, epochs=1)
-    assert cnn["params"]["max_epochs"] == 1 and cnn["name"] == "cnn[channels=8-16]"
-    assert json.loads(cnn["card"]["json"].read_text())["training"]["rounds"] == 1
-    forest = fit(small_data, "forest", n_templates=8, trees_per_round=4, epochs=2)
-    assert forest["params"]["max_rounds"] == 2
-    # an explicit hyperparameter wins over the run-wide budget
-    assert fit(small_data, "logistic", n_templates=8, max_rounds=1, epochs=3)["params"]["max_rounds"] == 1
-    with pytest.raises(ParameterError, match="epochs: expected an integer >= 0"):
-        fit(small_data, "cnn", epochs=-1)
+def test_run_wide_training_settings_reach_every_model_that_has_them(small_data):
+    training = {"epochs": 1, "min_steps": 0, "max_steps": 50, "patience": 1, "min_epochs": 3, "threshold": 0.0,
+                "batch_size": 64}
+    cnn = fit(small_data, "cnn", params={"channels": [8, 16]}, training=training)
+    assert cnn["name"] == "cnn[channels=8-16]"  # run-wide settings do not rename the branch
+    assert cnn["params"]["epochs"] == 1 and cnn["params"]["batch_size"] == 64 and cnn["params"]["threshold"] is None
+    assert cnn["budget"]["steps"] == 5
+    forest = fit(small_data, "forest", n_templates=8, trees_per_round=4, max_rounds=2, training=training)
+    assert forest["params"]["min_rounds"] == 3 and forest["params"]["patience"] == 1 and forest["budget"] is None
+    assert cnn["params"]["min_epochs"] == 3
+    # a hyperparameter the item sets wins over the run-wide setting; a fixed threshold is used as is
+    fixed = fit(small_data, "cnn", channels=[8], epochs=2, training={**training, "threshold": 0.3})
+    assert fixed["params"]["epochs"] == 2 and set(fixed["thresholds"].values()) == {0.3}
+    with pytest.raises(ParameterError, match=r"training: unknown setting\(s\) \['lr'\]"):
+        fit(small_data, "cnn", training={"lr": 0.1})
 
 
 def test_the_ingested_data_goes_through_the_artifact_store_once(tmp_path):
@@ -91,3 +99,4 @@ def test_the_ingested_data_goes_through_the_artifact_store_once(tmp_path):
     back = decode(encode(out, store), store)
     assert load_model(back["model"]).predict_proba(data["test"]["x"]).shape == (16, 10)
     assert back["metrics"] == out["metrics"]
+    assert np.array_equal(back["scores"]["test"], out["scores"]["test"])

@@ -6,9 +6,10 @@ import av
 import numpy as np
 import pytest
 
-from fanflow.ml import DataError
-from fanflow.ml.report import offline_coverage
-from fanflow.ml.select import top_k
+from fanflow.ml import DataError, ParameterError
+from fanflow.ml.report import offline_report
+from fanflow.ml.select import choose
+from fanflow.ml.sources import clips as reference_clips
 from fanflow.ml.sources import moving_digits, video_folder
 from fanflow.ml.train import fit
 from fanflow.ml.video import write_video
@@ -104,7 +105,31 @@ def test_an_empty_clip_is_an_error_naming_it(tmp_path):
         video_folder(tmp_path / "v")
 
 
-def test_on_bad_skip_leaves_bad_files_out_and_counts_them(tmp_path):
+def test_a_tags_file_is_found_beside_the_labels_of_a_relative_folder(tmp_path, monkeypatch):
+    make_folder(tmp_path / "data" / "x", n=6)
+    (tmp_path / "data" / "x" / "tags.txt").write_text("\n".join(str(d) for d in range(10)))
+    monkeypatch.chdir(tmp_path)
+    data = video_folder("data/x", frames=8, size=32)
+    assert data["tags"] == [str(d) for d in range(10)]
+
+
+def test_frames_and_size_come_from_the_videos_when_not_given(tmp_path):
+    make_folder(tmp_path / "v", n=6)  # 8 frames of 64×64 pixels on disk
+    data = video_folder(tmp_path / "v")
+    assert data["train"]["x"].shape[1:] == (8, 64, 64)
+    assert data["report"]["frames"] == 8 and data["report"]["size"] == [64, 64]
+    assert "median" in data["report"]["format_from"]
+    assert video_folder(tmp_path / "v", frames=4, size=32)["train"]["x"].shape[1:] == (4, 32, 32)
+
+
+def test_clip_counts_are_for_the_built_in_digits_only(tmp_path):
+    make_folder(tmp_path / "v", n=6)
+    with pytest.raises(ParameterError, match="train_clips: apply to the built-in moving digits only"):
+        reference_clips(videos=str(tmp_path / "v"), train=100)
+    assert len(reference_clips(train=20, val=5, test=5)["train"]["x"]) == 20
+
+
+def test_on_bad_skip_leaves_bad_files_out_and_counts_them(tmp_path, capsys):
     _, rows = make_folder(tmp_path / "v", n=9)
     folder = tmp_path / "v"
     (folder / "tags.txt").write_text("\n".join(str(d) for d in range(10)))
@@ -120,6 +145,7 @@ def test_on_bad_skip_leaves_bad_files_out_and_counts_them(tmp_path):
                                                                   "empty.avi"]
     assert sum(report["clips"].values()) == 6
     assert data["tags"] == [str(d) for d in range(10)]
+    assert "video_folder: skipped 4 bad file(s) of 10 (on_bad=skip)" in capsys.readouterr().out
 
 
 def test_labels_file_problems(tmp_path):
@@ -133,8 +159,8 @@ def test_labels_file_problems(tmp_path):
         video_folder(tmp_path / "v", on_bad="ignore")
 
 
-def test_a_folder_of_videos_runs_through_the_same_steps(tmp_path):
-    """ingest → train fan-out → select → coverage report, on the user's own files."""
+def test_a_folder_of_videos_runs_through_the_same_steps(tmp_path, scratch):
+    """ingest → train fan-out → select → report, on the user's own files."""
     make_folder(tmp_path / "v", n=30, seed=1)
     data = video_folder(tmp_path / "v", frames=8, size=32, seed=0)
     trained = [fit(data, "cnn", params=TINY_CNN, seed=0),
@@ -142,8 +168,8 @@ def test_a_folder_of_videos_runs_through_the_same_steps(tmp_path):
                fit(data, "logistic", n_templates=8, max_rounds=2)]
     for t in trained:
         assert t["model"].is_file() and t["metrics"]["test"]["clips"] == len(data["test"]["x"])
-    chosen = top_k(trained, k=2, metric="micro_f1", at_least=None)
-    assert [c["rank"] for c in chosen] == [1, 2]
-    report = offline_coverage(data, chosen)
+    selection = choose(trained, data, k=2, at_least=0.0, margin=-1.0)
+    assert selection["passed"] and [c["rank"] for c in selection["models"]] == [1, 2]
+    report = offline_report(data, selection)
     assert report["html"].is_file() and report["chart"].stat().st_size > 1000
     assert report["summary"]["clips"] == len(data["test"]["x"])
