@@ -22,9 +22,14 @@ _TASK_VALUES: contextvars.ContextVar[dict[str, str] | None] = contextvars.Contex
 )
 
 
-def set_task_values(values: dict[str, str]) -> None:
-    """Set the current thread's task values (``{CPUS_ENV: "2", ...}``)."""
-    _TASK_VALUES.set(dict(values))
+def set_task_values(values: dict[str, str]) -> contextvars.Token:
+    """Set the current thread's task values (``{CPUS_ENV: "2", ...}``); the token undoes it."""
+    return _TASK_VALUES.set(dict(values))
+
+
+def reset_task_values(token: contextvars.Token) -> None:
+    """The task is over: the thread's values are what they were before it."""
+    _TASK_VALUES.reset(token)
 
 
 def _get(name: str) -> str | None:

@@ -3,6 +3,7 @@ the artifact store, call it, store its outputs, and report a plain-data result."
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import shutil
@@ -78,10 +79,11 @@ def step_function(uses: str, import_paths: list[str] = (), store: ArtifactStore 
 _environment: dict[str, str] = {}  # what this process last put in its environment
 
 
-def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
+def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> contextvars.Token:
     """Tell the step what it was given (``fanflow.runtime``). A task with a process of its own
     also gets them in the environment (for its child processes) and its thread count set; a
-    task on a thread of a shared process only in its own thread's context."""
+    task on a thread of a shared process only in its own thread's context. The token undoes
+    the thread's values once the task is over."""
     cpus = max(1, int(spec.cpus)) if spec.cpus else 1
     values = {
         runtime.CPUS_ENV: str(cpus),
@@ -90,9 +92,9 @@ def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
         runtime.RUN_ENV: spec.run_id,
         runtime.SCRATCH_ENV: spec.scratch or "",
     }
-    runtime.set_task_values(values)
+    token = runtime.set_task_values(values)
     if not own_process:
-        return
+        return token
     for name, value in values.items():
         if _environment.get(name) != value or os.environ.get(name) != value:
             os.environ[name] = _environment[name] = value
@@ -102,6 +104,7 @@ def set_task_environment(spec: TaskSpec, *, own_process: bool = True) -> None:
     if torch is not None and _environment.get("torch_threads") != str(cpus):
         torch.set_num_threads(cpus)
         _environment["torch_threads"] = str(cpus)
+    return token
 
 
 def call_step(spec: TaskSpec) -> tuple[Any, Any]:
@@ -123,7 +126,7 @@ def execute(spec: TaskSpec, worker: str = "", *, own_process: bool = True) -> Ta
     """Run one task attempt in this process (on a thread of a shared process when not
     ``own_process``) and describe the outcome."""
     started = time.time()
-    set_task_environment(spec, own_process=own_process)
+    token = set_task_environment(spec, own_process=own_process)
     try:
         _, value = call_step(spec)
         scratch = Path(spec.scratch) if spec.scratch else None
@@ -154,6 +157,7 @@ def execute(spec: TaskSpec, worker: str = "", *, own_process: bool = True) -> Ta
             worker=worker,
         )
     finally:
+        runtime.reset_task_values(token)
         if spec.scratch and os.path.lexists(spec.scratch):
             shutil.rmtree(spec.scratch, ignore_errors=True)
     return TaskResult(
