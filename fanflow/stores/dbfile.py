@@ -34,9 +34,24 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+# Files this process has checked, by (device, inode). Closing any descriptor of a file drops
+# every POSIX lock the process holds on it, SQLite's own included, so once SQLite may have the
+# file open in this process, reading its header through a descriptor of our own would let
+# another process's checkpoint overwrite pages a reader here still relies on.
+_checked: set[tuple[int, int]] = set()
+
+
 def refuse_if_foreign(path: Path) -> None:
     """Refuse a file that is not a run store (empty, not SQLite, another program's database)
-    or whose header is damaged, before anything writes to it."""
+    or whose header is damaged, before anything writes to it. Once per file and process."""
+    stat = path.stat()
+    if (stat.st_dev, stat.st_ino) in _checked:
+        return
+    _inspect(path)
+    _checked.add((stat.st_dev, stat.st_ino))
+
+
+def _inspect(path: Path) -> None:
     size = path.stat().st_size
     if size == 0:
         raise RunStoreError(
@@ -162,7 +177,7 @@ def check(path: Path) -> list[str]:
     """Problems SQLite finds in the whole file (``PRAGMA integrity_check``) and in its
     header; empty when sound."""
     try:
-        refuse_if_foreign(path)
+        _inspect(path)
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
     except RunStoreError as exc:
