@@ -57,8 +57,9 @@ def run(workflow: Workflow | FlowBuilder | str | os.PathLike, /, *, raise_on_fai
     ``workflow`` is a flow built in Python, a ``Workflow``, a workflow file (YAML or Python),
     a bundle, or the name of an installed workflow. Options: ``executor`` ("local" or "ray"),
     ``executor_options`` (``{"address": ...}`` for Ray), ``cache`` (False runs every task),
-    ``home`` (the store folder), ``params`` (a dict); every other keyword argument is one of
-    the workflow's parameters."""
+    ``home`` (the store folder), ``preset`` (one of the workflow's named parameter sets, whose
+    values the parameters given here override), ``params`` (a dict); every other keyword
+    argument is one of the workflow's parameters."""
     project, runner = _prepare(workflow, **options)
     try:
         runner.run()
@@ -105,14 +106,16 @@ def _prepare(
     executor_options: dict[str, Any] | None = None,
     cache: bool = True,
     home: str | os.PathLike | None = None,
+    preset: str | None = None,
     params: dict[str, Any] | None = None,
     **values: Any,
 ) -> tuple[Project, Runner]:
     from fanflow.project import Project
+    from fanflow.spec.presets import apply_preset
 
     project = Project(home)
     try:
-        spec = _workflow(workflow, project)
+        spec = apply_preset(_workflow(workflow, project), preset)
         return project, project.runner(spec, params={**(params or {}), **values}, executor=executor,
                                        executor_options=executor_options, cache=cache)
     except BaseException:

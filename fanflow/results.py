@@ -20,7 +20,7 @@ from fanflow.stores.artifacts import ArtifactStore
 from fanflow.stores.export import Exported, export_task
 from fanflow.stores.runs import RunRow
 from fanflow.stores.values import decode
-from fanflow.vocab.manifest import ARTIFACT_KEY, map_artifacts
+from fanflow.vocab.manifest import ARTIFACT_KEY, SUMMARY_KEY, map_artifacts
 from fanflow.vocab.states import OK
 
 _OK = {state.value for state in OK}
@@ -130,6 +130,18 @@ class Run:
             for name, task in self.tasks.items()
             if task.state in _OK and task.manifest is not None
         }
+
+    def summaries(self) -> dict[str, str]:
+        """What the run's steps asked its summary to show, by task, in the workflow's step
+        order: the Markdown of each finished task whose output holds ``run_summary`` (text, or
+        a Markdown file); nothing else of the output is loaded."""
+        order = {step: index for index, step in enumerate(self.steps)}
+        found = {}
+        for task in sorted(self.tasks.values(), key=lambda t: order.get(t.step, len(order))):
+            if task.state in _OK and isinstance(task.manifest, dict) and SUMMARY_KEY in task.manifest:
+                value = self.load(task.manifest[SUMMARY_KEY])
+                found[task.name] = value.read_text(encoding="utf-8") if isinstance(value, Path) else str(value)
+        return found
 
     def export(self, out: str | Path) -> list[Exported]:
         """Copy every output under ``out`` with readable names (``STEP/NAME.EXT``; a branch in

@@ -48,6 +48,18 @@ PARAMS = {
     "threshold": typed("float", 0.0, "Every model's decision threshold; 0 tunes it on validation."),
     "thresholds": typed("str", "model", "Tune one threshold per model, or one per model and entity (fits "
                         "validation closer; can transfer worse to new clips).", choices=["model", "entity"]),
+    "caveat": typed("str", "", "A sentence the leaderboard and the report print first (the quick preset's says "
+                    "its numbers are not meaningful)."),
+}
+PRESETS = {
+    "quick": {
+        "description": "A smoke test of the whole workflow in under a minute on 2 cores: tiny data, two small "
+                       "models, one pass, no bar. Its numbers are not meaningful.",
+        "params": {"models": ["cnn_even", "logistic"], "train_clips": 300, "val_clips": 100, "test_clips": 100,
+                   "epochs": 1, "min_steps": 0, "max_steps": 20, "min_accuracy": 0.0, "margin": -1.0,
+                   "caveat": "Quick preset: tiny data and a single pass of training; these numbers are not "
+                             "meaningful (run without --preset for real ones)."},
+    },
 }
 TRAINING = ["epochs", "min_steps", "max_steps", "batch_size", "patience", "min_epochs", "threshold", "thresholds"]
 RECORDED = ["seed", "models", "top_k", "min_accuracy", "margin", "selection", "strategy", "videos", "frames", "size",
@@ -55,7 +67,7 @@ RECORDED = ["seed", "models", "top_k", "min_accuracy", "margin", "selection", "s
 
 wf = flow("video-entity-tagging",
           description="Tag the entities in short video clips with an ensemble of models chosen on validation.",
-          params=PARAMS)
+          params=PARAMS, presets=PRESETS)
 
 ingest = wf.step("ingest", with_={
     "videos": params.videos, "labels": params.labels, "on_bad": params.on_bad, "seed": params.seed,
@@ -75,7 +87,7 @@ select = wf.step(
     "select",
     with_={"candidates": train.all(), "data": ingest.output, "k": params.top_k, "metric": params.metric,
            "at_least": params.min_accuracy, "margin": params.margin, "policy": params.selection,
-           "strategy": params.strategy, "run": {name: getattr(params, name) for name in RECORDED}},
+           "strategy": params.strategy, "caveat": params.caveat, "run": {name: getattr(params, name) for name in RECORDED}},
     min_success=1,
     executor="thread",
 )(choose)

@@ -94,6 +94,10 @@ def export_argo(
             "--argo-version", help="The oldest Argo Workflows version the manifest must run on (3.4 to 4.1)."
         ),
     ] = OLDEST_ARGO,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="Use one of the workflow's named parameter sets as the parameters' defaults."),
+    ] = None,
     output: OutputOption = None,
 ) -> None:
     """Write an Argo Workflows manifest that runs each step with `fanflow exec`."""
@@ -101,11 +105,12 @@ def export_argo(
     from fanflow.kube import plan, render, versions
     from fanflow.kube.manifests import to_yaml
     from fanflow.spec.loader import load_workflow
+    from fanflow.spec.presets import apply_preset
 
     if rbac_output is not None and not service_account:
         raise _fail("--rbac-output: name the service account with --service-account")
     try:
-        spec = load_workflow(locate(workflow))
+        spec = apply_preset(load_workflow(locate(workflow)), preset)
         options = dict(
             image=image,
             artifacts=artifacts,

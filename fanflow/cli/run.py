@@ -18,6 +18,10 @@ from fanflow.stores.errors import RunLeased, RunStoreError
 def run(
     workflow: Annotated[Path, typer.Argument(help="A workflow file (.yaml or .py).")],
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="KEY=VALUE, repeatable.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="One of the workflow's named parameter sets (see describe); -p overrides it."),
+    ] = None,
     executor: Annotated[str, typer.Option(help="Where tasks run: local or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task, reusing nothing.")] = False,
@@ -36,7 +40,13 @@ def run(
     home: HomeOption = None,
 ) -> None:
     """Run a workflow and show every task as it goes."""
-    spec = load(workflow, home)
+    from fanflow.spec.presets import apply_preset
+
+    spec = apply_preset(load(workflow, home), preset)
+    if preset is not None:
+        description = spec.presets[preset].description
+        err.print(f"[bold]preset {escape(preset)}[/]" + (f": {escape(description)}" if description else ""),
+                  markup=True, soft_wrap=True)
     _execute(
         spec,
         parse_params(param),
@@ -117,6 +127,7 @@ def _record_failure(project, run_id: str, exc: Exception) -> None:
 
 
 def _report(result, runner, project, json_output: bool) -> None:
+    from fanflow.results import Run
     from fanflow.stores.artifacts import ArtifactStore
     from fanflow.stores.values import locations
     from fanflow.vocab.states import OK
@@ -131,6 +142,7 @@ def _report(result, runner, project, json_output: bool) -> None:
         if outputs:
             fanned = bool(runner.plan.steps[name].step.fan_out)
             results[name] = outputs if fanned else outputs[0]
+    summaries = Run.read(project, result.run_id).summaries()
     if json_output:
         print(
             json.dumps(
@@ -141,6 +153,7 @@ def _report(result, runner, project, json_output: bool) -> None:
                     "duration": round(result.duration, 3),
                     "tasks": counts,
                     "cached": cached,
+                    "summaries": summaries,
                     "results": results,
                 },
                 indent=2,
@@ -148,6 +161,10 @@ def _report(result, runner, project, json_output: bool) -> None:
             )
         )
         return
+    from rich.markdown import Markdown
+
+    for text in summaries.values():
+        out.print(Markdown(text))
     for name, value in results.items():
         if _show_report(name, value):
             continue

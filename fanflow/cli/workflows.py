@@ -56,7 +56,7 @@ def list_workflows() -> None:
 def describe(
     workflow: Annotated[Path, typer.Argument(help="A workflow file or an installed workflow's name.")],
 ) -> None:
-    """Show a workflow's parameters (types, defaults, descriptions) and steps."""
+    """Show a workflow's parameters (types, defaults, descriptions), presets and steps."""
     spec = load(workflow)
     out.print(
         f"[bold]{escape(spec.name)}[/]" + (f": {escape(spec.description)}" if spec.description else ""),
@@ -70,6 +70,14 @@ def describe(
         choices = f" (one of {', '.join(map(str, param.choices))})" if param.choices else ""
         params.add_row(name, param.type, default, param.description + choices)
     out.print(params)
+    if spec.presets:
+        presets = Table(title="presets (--preset NAME)", title_justify="left", header_style="bold", box=None)
+        for column in ("preset", "parameters", "description"):
+            presets.add_column(column, overflow="fold")
+        for name, preset in spec.presets.items():
+            values = ", ".join(f"{key}={json.dumps(value, default=str)}" for key, value in preset.params.items())
+            presets.add_row(name, values, preset.description)
+        out.print(presets)
     steps = Table(title="steps", title_justify="left", header_style="bold", box=None)
     for column in ("step", "uses", "fan-out", "kind"):
         steps.add_column(column, overflow="fold")

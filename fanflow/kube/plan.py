@@ -66,6 +66,8 @@ WORKFLOW_FIELDS: dict[str, str] = {
     "version": "the fanflow.dev/version label",
     "params": "spec.arguments.parameters (default as value, choices as enum); required ones have no value",
     "steps": "one DAG task per step, after the task that records the run",
+    "presets": "not translated: recorded with the workflow; `export argo --preset NAME` writes a preset's "
+    "values as the parameters' defaults",
     "parallelism": "spec.parallelism",
     "on_failure": "the DAG's failFast (continue: failFast false)",
     "outputs": "not translated: what a parent workflow takes from this one (a sub-workflow is part of "

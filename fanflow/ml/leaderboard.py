@@ -73,6 +73,28 @@ def _status(row: dict) -> str:
     return row["why_not"] or ""
 
 
+def caveat(doc: dict) -> list[str]:
+    """The run's caveat as a Markdown paragraph (none when it has none)."""
+    text = doc["run"].get("caveat")
+    return [f"**{text}**"] if text else []
+
+
+def chosen_sentence(doc: dict) -> str:
+    ensemble = doc["ensemble"]
+    if ensemble is None:
+        return ""
+    return (f"Chosen on validation: {' + '.join(ensemble['members'])} combined by {ensemble['strategy']}"
+            + (f" at {ensemble['threshold']:.3f}" if ensemble["strategy"] == "mean" else "")
+            + f" (validation Jaccard {ensemble['val_jaccard']:.3f}).")
+
+
+def summary_markdown(doc: dict) -> str:
+    """The leaderboard as a run's summary shows it: the bar, every model and what was chosen
+    (the one-line verdict is the run's own: its success, or the bar step's error)."""
+    return "\n\n".join(["## Leaderboard", *caveat(doc), bar_sentence(doc), markdown_table(doc),
+                         chosen_sentence(doc)]).rstrip() + "\n"
+
+
 def markdown_table(doc: dict) -> str:
     head = "| # | model | " + " | ".join(label for _, _, label in COLUMNS) + " | train s | status |"
     lines = [head, "|---" * (len(COLUMNS) + 4) + "|"]
@@ -130,20 +152,17 @@ def write_leaderboard(selection: dict, out_dir: Path) -> dict[str, Path]:
     data = run.get("data", {})
     heading = (f"Run {run.get('id') or '(outside a run)'}, {run['date']}; data: {data.get('source', '?')}, "
                f"clips: {clip_counts(data.get('clips'))}")
-    ensemble = doc["ensemble"]
-    chosen = ("" if ensemble is None else
-              f"Chosen on validation: {' + '.join(ensemble['members'])} combined by {ensemble['strategy']}"
-              + (f" at {ensemble['threshold']:.3f}" if ensemble["strategy"] == "mean" else "")
-              + f" (validation Jaccard {ensemble['val_jaccard']:.3f}).")
-    md = "\n\n".join(["# Leaderboard", heading, bar_sentence(doc), markdown_table(doc), chosen,
+    chosen = chosen_sentence(doc)
+    md = "\n\n".join(["# Leaderboard", heading, *caveat(doc), bar_sentence(doc), markdown_table(doc), chosen,
                       doc["message"], ""])
     paths = {"json": out / "leaderboard.json", "markdown": out / "leaderboard.md", "html": out / "leaderboard.html"}
     paths["json"].write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
     paths["markdown"].write_text(md, encoding="utf-8")
     esc = html.escape
+    note = f"<p class=\"verdict missed\">{esc(run['caveat'])}</p>" if run.get("caveat") else ""
     paths["html"].write_text(
         f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Leaderboard</title>"
-        f"<style>{STYLE}</style></head><body><h1>Leaderboard</h1><p>{esc(heading)}</p>"
+        f"<style>{STYLE}</style></head><body><h1>Leaderboard</h1><p>{esc(heading)}</p>{note}"
         f"<p>{esc(bar_sentence(doc))}</p>{html_table(doc)}<p>{esc(chosen)}</p>"
         f"<p class=\"verdict{'' if doc['passed'] else ' missed'}\">{esc(doc['message'])}</p></body></html>\n",
         encoding="utf-8")

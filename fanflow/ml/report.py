@@ -27,7 +27,15 @@ import numpy as np
 
 from fanflow.ml.ensemble import count_threshold, emit, fit_strategy
 from fanflow.ml.errors import DataError
-from fanflow.ml.leaderboard import STYLE, as_json, bar_sentence, clip_counts, html_table, markdown_table
+from fanflow.ml.leaderboard import (
+    STYLE,
+    as_json,
+    bar_sentence,
+    caveat,
+    clip_counts,
+    html_table,
+    markdown_table,
+)
 from fanflow.ml.stats import compare
 
 FORMAT = "fanflow.report/1"
@@ -354,7 +362,7 @@ def ensemble_report(selection: dict, data: dict, test_scores: dict, out_dir, ser
 
 
 def _markdown(ev, doc, board, examples, cards, chart_name) -> str:
-    lines = ["# Report", "", *_run_lines(doc), "", "## Headline", "", doc["verdict"], "",
+    lines = ["# Report", "", *(f"{text}\n" for text in caveat(doc)), *_run_lines(doc), "", "## Headline", "", doc["verdict"], "",
              _versus_member(ev), "", _secondary(ev), "",
              f"![recall per entity and errors per clip]({chart_name})", "",
              f"## On the {doc['clips']} test clips", "", *_main_table_md(ev), "",
@@ -397,12 +405,13 @@ def _html(ev, doc, board, examples, cards, png: bytes) -> str:
         for e in examples)
     card_html = "".join(f"<details id=\"{_anchor(name)}\"><summary>{esc(name)}</summary><pre>{esc(text)}</pre>"
                         f"</details>" for name, text in cards)
+    note = f"<p class=\"verdict missed\">{esc(doc['run']['caveat'])}</p>" if doc["run"].get("caveat") else ""
     mismatch = ("" if ev["served_mismatched_clips"] is None else
                 f"<p>The gateway's tags differ from the offline combination on {ev['served_mismatched_clips']} "
                 "clip(s).</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Report</title><style>{STYLE}</style></head><body>
-<h1>Report</h1><ul>{run}</ul>
+<h1>Report</h1>{note}<ul>{run}</ul>
 <p class="verdict">{esc(doc['verdict'])}</p>
 <p>{esc(_versus_member(ev))}</p><p>{esc(_secondary(ev))}</p>
 <img alt="recall per entity and errors per clip" src="data:image/png;base64,{base64.b64encode(png).decode()}">

@@ -28,6 +28,7 @@ import numpy as np
 from fanflow.ml.ensemble import STRATEGIES, count_threshold, emit, fit_strategy
 from fanflow.ml.errors import ParameterError
 from fanflow.ml.metrics import evaluate, higher_is_better, jaccard
+from fanflow.vocab.manifest import SUMMARY_KEY
 
 POLICIES = ("ensemble", "top_k")
 AUTO_STRATEGIES = ("mean", "union", "majority")  # tried by strategy="auto", ties in this order
@@ -177,7 +178,7 @@ def _ensemble_choice(y_val, scores, order, k, policy, strategy) -> tuple[dict, l
 
 def choose(candidates: list, data: dict, k: int = 2, metric: str = "jaccard", at_least: float = 0.9,
            margin: float = 0.05, policy: str = "ensemble", strategy: str = "auto", allow_fewer: bool = False,
-           run: dict | None = None) -> dict:
+           run: dict | None = None, caveat: str = "") -> dict:
     """The selection step: rank every candidate on validation, apply the bar, choose ``k``
     models by ``policy`` and the aggregation ``strategy`` ("auto": the one that does best
     on validation) with its threshold, and the deployable baseline; write the leaderboard.
@@ -186,8 +187,11 @@ def choose(candidates: list, data: dict, k: int = 2, metric: str = "jaccard", at
     "baseline": {...}, "bar": {...}, "passed": bool, "message": str, "leaderboard": files,
     "board": [...rows]}``. Never raises because models miss the bar: the leaderboard is
     written either way, and ``require_bar`` (the next step) fails the run with ``message``.
+    ``run`` is the run's parameters as the leaderboard and report list them; ``caveat``, a
+    sentence they print first (a quick preset's: its numbers are not meaningful). The result's
+    ``run_summary`` is the leaderboard as the run's summary on the command line shows it.
     """
-    from fanflow.ml.leaderboard import write_leaderboard
+    from fanflow.ml.leaderboard import as_json, summary_markdown, write_leaderboard
 
     _check_k(k)
     if policy not in POLICIES:
@@ -243,10 +247,11 @@ def choose(candidates: list, data: dict, k: int = 2, metric: str = "jaccard", at
         "message": message,
         "failed_branches": missing,
         "board": board,
-        "run": _run_info(run, data),
+        "run": _run_info(run, data, caveat),
         "tried": [{k_: v for k_, v in t.items() if k_ != "tried"} for t in tried],
     }
     result["leaderboard"] = write_leaderboard(result, _scratch() / "leaderboard")
+    result[SUMMARY_KEY] = summary_markdown(as_json(result))
     return result
 
 
@@ -334,7 +339,7 @@ def _headline(metrics: dict) -> dict:
     return {m: metrics.get(m) for m in HEADLINE_METRICS}
 
 
-def _run_info(run: dict | None, data: dict) -> dict:
+def _run_info(run: dict | None, data: dict, caveat: str = "") -> dict:
     from fanflow.runtime import run_id
 
     report = data.get("report") or {}
@@ -342,6 +347,7 @@ def _run_info(run: dict | None, data: dict) -> dict:
         "id": run_id(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": dict(run or {}),
+        "caveat": caveat,
         "data": {k: report.get(k) for k in ("source", "folder", "seed", "clips", "frames", "size", "tags",
                                             "skipped")
                  if k in report},

@@ -9,9 +9,11 @@ _EXPORTS = {
     "SpecError": "fanflow.spec.errors",
     "SpecIssue": "fanflow.spec.errors",
     "Param": "fanflow.spec.model",
+    "Preset": "fanflow.spec.model",
     "Resources": "fanflow.spec.model",
     "Step": "fanflow.spec.model",
     "Workflow": "fanflow.spec.model",
+    "apply_preset": "fanflow.spec.presets",
 }
 
 __all__ = list(_EXPORTS)

@@ -10,7 +10,7 @@ import pydantic
 
 from fanflow.spec import subflows, validate
 from fanflow.spec.errors import SpecError, SpecIssue
-from fanflow.spec.model import Param, Resources, Step, Workflow
+from fanflow.spec.model import Param, Preset, Resources, Step, Workflow
 from fanflow.spec.positions import Positions, load_yaml_with_positions
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -68,7 +68,8 @@ def workflow_from_dict(data: Any, *, source: str | None = None, positions: Posit
     return workflow
 
 
-_MODEL_AT = {("steps", "*"): Step, ("params", "*"): Param, ("steps", "*", "resources"): Resources}
+_MODEL_AT = {("steps", "*"): Step, ("params", "*"): Param, ("presets", "*"): Preset,
+             ("steps", "*", "resources"): Resources}
 
 
 def _issues(exc: pydantic.ValidationError, data: Any, positions: Positions) -> list[SpecIssue]:
@@ -135,7 +136,7 @@ def _message(error: dict, path: tuple) -> str:
 def _suggest_field(key: str, path: tuple) -> str:
     model = Workflow
     shape = tuple("*" if i % 2 else p for i, p in enumerate(path[:-1]))
-    if len(path) >= 3 and path[0] in ("steps", "params"):
+    if len(path) >= 3 and path[0] in ("steps", "params", "presets"):
         shape = (path[0], "*", *path[2:-1])
     model = _MODEL_AT.get(shape, Workflow if len(path) == 1 else None)
     if model is None:

@@ -105,15 +105,29 @@ def _step_name(name: str) -> str:
     return name
 
 
-def _param_name(name: str) -> str:
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError(f"parameter name {name!r} must be a name (letters, digits, _ and -)")
-    return name
+def _name_of(kind: str):
+    def check(name: str) -> str:
+        if not re.match(NAME_PATTERN, name):
+            raise ValueError(f"{kind} name {name!r} must be a name (letters, digits, _ and -)")
+        return name
+
+    return check
 
 
 # Checked as the keys they are, so that an error points at the step's (parameter's) own line.
 StepName = Annotated[str, AfterValidator(_step_name)]
-ParamName = Annotated[str, AfterValidator(_param_name)]
+ParamName = Annotated[str, AfterValidator(_name_of("parameter"))]
+PresetName = Annotated[str, AfterValidator(_name_of("preset"))]
+
+
+class Preset(_Strict):
+    """A named set of parameter values (``fanflow run FILE --preset NAME``): they replace the
+    parameters' defaults, and values given with -p still override them."""
+
+    description: str = Field("", description="What the preset is for; printed when a run uses it.")
+    params: dict[ParamName, Any] = Field(
+        default_factory=dict, description="Values of the workflow's own parameters, by name."
+    )
 
 
 class Step(_Strict):
@@ -209,6 +223,10 @@ class Workflow(_Strict):
     description: str = ""
     version: str | None = None
     params: dict[ParamName, Param] = Field(default_factory=dict)
+    presets: dict[PresetName, Preset] = Field(
+        default_factory=dict,
+        description="Named parameter sets, e.g. {quick: {description: ..., params: {epochs: 1}}}.",
+    )
     steps: dict[StepName, Step] = Field(description="Steps by name, in the order they are declared.")
     outputs: dict[str, Any] | None = Field(
         None,

@@ -17,7 +17,7 @@ from typing import Any
 from fanflow.spec import conditions
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.graph import fans_in, step_refs, upstream
-from fanflow.spec.model import Step, Workflow, type_name
+from fanflow.spec.model import Preset, Step, Workflow, type_name
 from fanflow.spec.positions import Positions
 from fanflow.spec.refs import ITEM, PARAMS, Ref, RefSyntaxError, whole_ref
 from fanflow.vocab.imports import shipped_digest
@@ -29,6 +29,8 @@ def check(workflow: Workflow, positions: Positions | None = None, *, check_impor
     issues: list[SpecIssue] = []
     for name, param in workflow.params.items():
         issues += _check_param(name, param, positions)
+    for name, preset in workflow.presets.items():
+        issues += _check_preset(workflow, name, preset, positions)
     for name, step in workflow.steps.items():
         issues += _check_step(workflow, name, step, positions)
     if not issues:
@@ -54,6 +56,24 @@ def _check_param(name, param, positions) -> list[SpecIssue]:
     if param.choices is not None and param.default is not None and param.default not in param.choices:
         return [positions.issue(f"default {param.default!r} is not one of {param.choices}", where)]
     return []
+
+
+def _check_preset(workflow: Workflow, name: str, preset: Preset, positions: Positions) -> list[SpecIssue]:
+    """A preset's values are checked as a parameter's default is: a declared name, the
+    declared type, one of its choices."""
+    issues = []
+    for key, value in preset.params.items():
+        where = ("presets", name, "params", key)
+        param = workflow.params.get(key)
+        if param is None:
+            known = ", ".join(workflow.params) or "none"
+            issues.append(positions.issue(f"unknown parameter {key!r}{_suggest(key, workflow.params)} "
+                                          f"(known: {known})", where))
+        elif value is not None and param.type != "any" and not _fits(value, param.type):
+            issues.append(positions.issue(f"expected a value of type {param.type}, got {value!r}", where))
+        elif param.choices is not None and value not in param.choices:
+            issues.append(positions.issue(f"expected one of {param.choices}, got {value!r}", where))
+    return issues
 
 
 def _fits(value, kind: str) -> bool:

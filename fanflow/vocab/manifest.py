@@ -4,7 +4,10 @@ A stored leaf is ``{"$artifact": "sha256:...", "format": ..., ...}``; a float JS
 hold is ``{"$float": "nan"}``; a value JSON has no type for (a datetime, a set, a dataclass)
 is ``{"$value": kind, "data": ...}`` with its type recorded; a task that failed where only its output travels (a pod on
 Kubernetes) leaves ``{"$failed": error, "task": name}``. User data may not use keys that
-start with ``$``, so these never clash with a step's own values."""
+start with ``$``, so these never clash with a step's own values.
+
+One key of a step's own output has a meaning: ``run_summary`` (Markdown text, or a Markdown
+file), what the step asks the run's summary to show (``fanflow run`` prints it after the run)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ FLOAT_KEY = "$float"
 FAILED_KEY = "$failed"
 VALUE_KEY = "$value"
 RESERVED_PREFIX = "$"
+SUMMARY_KEY = "run_summary"
 
 
 def is_artifact(value: Any) -> bool:

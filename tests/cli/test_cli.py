@@ -65,3 +65,47 @@ def test_run_prints_the_result_and_a_summary(tmp_path):
 
 def test_version():
     assert cli("--version", check=True).stdout.startswith("fanflow ")
+
+
+SUMMARY_STEPS = """
+from pathlib import Path
+
+def board(n):
+    return {"best": n, "run_summary": "## Board\\n\\n| model | score |\\n|---|---|\\n| alpha | 0.9 |\\n"}
+
+def notes(scratch):
+    path = Path(scratch) / "notes.md"
+    path.write_text("## Notes\\n\\nwritten as a file\\n")
+    return {"run_summary": path}
+
+def total(best, fail=False):
+    if fail:
+        raise ValueError("the bar was missed by 0.1")
+    return {"total": best}
+"""
+
+SUMMARY_FLOW = """
+name: summaries
+params: {fail: false}
+steps:
+  board: {uses: summary_steps:board, with: {n: 3}}
+  notes: {uses: summary_steps:notes, with: {scratch: SCRATCH}}
+  total: {uses: summary_steps:total, with: {best: "${board.best}", fail: "${params.fail}"}, needs: [notes]}
+"""
+
+
+def test_a_steps_run_summary_is_printed_before_the_results_even_when_a_later_step_fails(tmp_path):
+    """Any step, not only a last one, may give the run's summary Markdown (text or a file)
+    under ``run_summary``: it is printed in step order before the results, and also when a
+    later step fails."""
+    write(tmp_path, "summary_steps.py", SUMMARY_STEPS)
+    flow = write(tmp_path, "summaries.yaml", SUMMARY_FLOW.replace("SCRATCH", str(tmp_path)))
+    home = tmp_path / ".fanflow"
+    ok = cli("run", flow, "--home", home, check=True)
+    assert ok.stdout.index("Board") < ok.stdout.index("alpha") < ok.stdout.index("written as a file")
+    assert ok.stdout.index("written as a file") < ok.stdout.index('"total": 3')
+    failed = cli("run", flow, "-p", "fail=true", "--home", home)
+    assert failed.returncode == 1 and "alpha" in failed.stdout and "written as a file" in failed.stdout
+    assert "the bar was missed by 0.1" in failed.stderr
+    as_json = json.loads(cli("run", flow, "--json", "--home", home, check=True).stdout)
+    assert list(as_json["summaries"]) == ["board", "notes"] and "| alpha | 0.9 |" in as_json["summaries"]["board"]

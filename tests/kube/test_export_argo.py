@@ -456,3 +456,22 @@ def test_steps_whose_templates_would_share_a_name_are_refused():
         {"a": {"uses": "m:f", "fan_out": {"x": [1, 2]}, "parallelism": 1}, "a-loop": {"uses": "m:g"}}
     )
     assert "steps.a-loop.name: does not translate to Argo: its template 'a-loop' is also 'a''s" in message
+
+
+def test_a_preset_exports_as_the_parameters_defaults_and_without_one_the_defaults_stay(tmp_path):
+    out = tmp_path / "quick.yaml"
+    result = run_kube("export", "argo", REFERENCE, "--preset", "quick", "--image", IMAGE, "--artifacts", STORE,
+                      "-o", out)
+    assert result.returncode == 0, result.stderr
+    manifest = yaml.safe_load(out.read_text())
+    check_argo(manifest)
+    values = {p["name"]: p.get("value") for p in manifest["spec"]["arguments"]["parameters"]}
+    assert values["epochs"] == "1" and values["models"] == '["cnn_even","logistic"]'
+    assert "not meaningful" in values["caveat"]
+    plain = {p["name"]: p.get("value") for p in
+             render.export(load_workflow(REFERENCE), image=IMAGE, artifacts=STORE)["spec"]["arguments"]["parameters"]}
+    assert plain["epochs"] == "8" and plain["caveat"] == ""
+    unknown = run_kube("export", "argo", REFERENCE, "--preset", "fast", "--image", IMAGE, "--artifacts", STORE)
+    assert unknown.returncode == 2
+    lines = unknown.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown preset 'fast'" in lines[0] and "valid: quick" in lines[0]

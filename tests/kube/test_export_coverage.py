@@ -78,6 +78,7 @@ WORKFLOW_CASES: dict[str, tuple[dict, str]] = {
     "version": ({"version": "2"}, "changes"),
     "params": ({"params": {"p": 1, "q": "x"}}, "changes"),
     "steps": ({"steps": {**BASE, "d": {"uses": "m:i"}}}, "changes"),
+    "presets": ({"presets": {"quick": {"params": {"p": 2}}}}, "recorded"),
     "parallelism": ({"parallelism": 3}, "changes"),
     "on_failure": ({"on_failure": "continue"}, "changes"),
     "outputs": ({"outputs": {"total": "${c}"}}, "ignored"),

@@ -63,7 +63,8 @@ def test_bootstrap_intervals_say_when_a_difference_is_real():
 
 def test_the_report_files(small_data, scratch):
     trained = [fit(small_data, name, params=TINY[name]) for name in ("cnn_batchnorm", "cnn_motion", "logistic")]
-    selection = choose(trained, small_data, k=2, at_least=0.0, margin=0.0, run={"seed": 0})
+    selection = choose(trained, small_data, k=2, at_least=0.0, margin=0.0, run={"seed": 0},
+                       caveat="Tiny data: these numbers are not meaningful.")
     files = offline_report(small_data, selection)
     assert {"markdown", "html", "chart", "json", "examples", "summary"} <= set(files)
     doc = json.loads(files["json"].read_text())
@@ -72,6 +73,8 @@ def test_the_report_files(small_data, scratch):
     assert set(doc["figures"]) == {"recall_per_entity", "entities", "errors_per_clip"}
     assert {"difference", "low", "high", "significant"} <= set(doc["headline"]["recall"])
     md = files["markdown"].read_text()
+    assert md.startswith("# Report\n\n**Tiny data: these numbers are not meaningful.**\n")
+    assert "Tiny data: these numbers are not meaningful." in files["html"].read_text()
     for needle in ("## Headline", "deployable baseline", "95 % interval", "## Leaderboard", "## Model cards",
                    "## Example clips", "Secondary, not deployable"):
         assert needle in md

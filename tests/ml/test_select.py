@@ -175,6 +175,33 @@ def test_when_no_model_reaches_the_bar_the_leaderboard_is_written_and_the_gate_f
     assert "short; try more training" in message and "leaderboard:" in message
 
 
+def test_the_run_summary_lists_every_model_with_both_metrics_and_why_not(zoo, scratch):
+    candidates, data = zoo
+    result = choose(candidates, data, k=2, at_least=0.5, strategy="union")
+    summary = result["run_summary"]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[1] for row in rows] == ["a_twin", "a", "c", "weak"]
+    assert "val Jaccard" in summary and "test Jaccard" in summary and "Bar: jaccard ≥ 0.500" in summary
+    by_name = {row.split(" | ")[1]: row for row in rows}
+    assert "selected (member 1)" in by_name["a_twin"] and "selected (member 2)" in by_name["c"]
+    assert "as the next member the ensemble would score" in by_name["a"] and "below the bar" in by_name["weak"]
+    assert "Chosen on validation: a_twin + c combined by union" in summary
+    assert "not meaningful" not in summary  # no caveat unless the run has one
+
+
+def test_a_runs_caveat_comes_first_in_the_summary_and_the_leaderboard_even_when_the_bar_is_missed(zoo, scratch):
+    candidates, data = zoo
+    note = "Quick preset: these numbers are not meaningful."
+    result = choose(candidates, data, k=2, at_least=0.999, caveat=note)
+    assert not result["passed"]
+    summary = result["run_summary"]
+    assert summary.index(note) < summary.index("Bar:") and "below the bar" in summary
+    assert "Chosen on validation" not in summary and result["message"] not in summary  # the bar step says that
+    assert note in result["leaderboard"]["markdown"].read_text()
+    assert note in result["leaderboard"]["html"].read_text()
+    assert json.loads(result["leaderboard"]["json"].read_text())["run"]["caveat"] == note
+
+
 def test_a_bar_under_the_empty_predictor_is_raised(scratch):
     y = np.zeros((100, 3), dtype=bool)
     y[:5, 1] = True

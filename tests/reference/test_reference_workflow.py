@@ -1,7 +1,8 @@
-"""The reference workflow end to end, on small data: ingest, a zoo trained in parallel, the
-ensemble chosen on validation served by real model servers behind the ensemble gateway, the
-held-out clips tagged through it over HTTP, and the report; and, when no model reaches the
-bar, the leaderboard written and the run failed in one line."""
+"""The reference workflow end to end, on small data (its quick preset, run through the command
+line as a user runs it): ingest, a zoo trained in parallel, the ensemble chosen on validation
+served by real model servers behind the ensemble gateway, the held-out clips tagged through it
+over HTTP, the leaderboard and the report; and, when no model reaches the bar, the leaderboard
+shown and the run failed in one line."""
 
 import json
 import queue
@@ -16,78 +17,91 @@ import psutil
 import pytest
 
 from fanflow.project import Project
+from fanflow.results import Run
 from fanflow.spec.loader import load_workflow
-from fanflow.stores.artifacts import ArtifactStore
-from fanflow.vocab.states import State
+from fanflow.spec.presets import apply_preset
 from tests.conftest import ROOT, cli
 
 WORKFLOW = ROOT / "examples" / "video_entity_tagging" / "workflow.yaml"
-SMALL = {"train_clips": 600, "val_clips": 200, "test_clips": 200, "epochs": 3, "min_steps": 0,
-         "models": ["cnn_batchnorm", "cnn_motion", "logistic"], "min_accuracy": 0.0}
+QUICK = load_workflow(WORKFLOW).presets["quick"].params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """``fanflow run video-entity-tagging --preset quick``: what it printed and the run it left."""
     home = tmp_path_factory.mktemp("reference") / ".fanflow"
+    shown = cli("run", "video-entity-tagging", "--preset", "quick", "--home", home, timeout=600)
     project = Project(home)
-    result = project.run(load_workflow(WORKFLOW), params=SMALL)
-    yield project, result
+    run = Run.read(project, "latest")
+    yield project, run, shown
     project.close()
 
 
 def test_the_reference_workflow_runs_end_to_end(finished):
-    _, result = finished
-    assert result.state == "succeeded", result.error
-    trained = [t for t in result.tasks.values() if t.step == "train"]
-    assert [t.name for t in trained] == ["train[model=cnn_batchnorm]", "train[model=cnn_motion]",
-                                        "train[model=logistic]"]
-    selection = result.outputs("select")[0]
+    _, run, shown = finished
+    assert shown.returncode == 0 and run.state == "succeeded", shown.stderr
+    trained = [t for t in run.tasks.values() if t.step == "train"]
+    assert [t.name for t in trained] == [f"train[model={name}]" for name in QUICK["models"]]
+    selection = run["select"]
     selected = selection["models"]
     assert len(selected) == 2 and selection["passed"]
-    served = [t for t in result.tasks.values() if t.step == "serve"]
-    assert [t.name for t in served] == [f"serve[model={c['name']}]" for c in selected]
-    assert all(t.state is State.SUCCEEDED for t in served)  # stopped cleanly when the run ended
+    served = [t for t in run.tasks.values() if t.step == "serve"]
+    assert sorted(t.name for t in served) == sorted(f"serve[model={c['name']}]" for c in selected)
+    assert all(t.state == "succeeded" for t in served)  # stopped cleanly when the run ended
 
 
-def _file(project, ref) -> Path:
-    """The local file an output's artifact reference points to."""
-    return ArtifactStore(project.artifacts_url).path(ref["$artifact"], ref.get("suffix", ""))
+def test_the_summary_shows_the_preset_the_leaderboard_and_then_the_report(finished):
+    _, run, shown = finished
+    assert "preset quick:" in shown.stderr and "not meaningful" in shown.stderr
+    out = shown.stdout
+    leaderboard, report = out.index("Leaderboard"), out.index("Report")
+    assert leaderboard < report and out.index("Headline") > report
+    board = out[leaderboard:report]
+    assert "not meaningful" in board and "Bar: jaccard" in board
+    assert "val Jaccard" in board and "test Jaccard" in board
+    for row in run["select"]["board"]:
+        assert row["name"] in board and f"{row['val']['jaccard']:.3f}" in board and f"{row['test']['jaccard']:.3f}" in board
+    assert board.count("selected") >= len(run["select"]["models"])
+    assert "not meaningful" in out[report:out.index("Headline")]  # the report says so too, first
 
 
 def test_the_gateway_serves_what_selection_chose_and_the_report_says_how_it_compares(finished):
-    project, result = finished
-    selection = result.outputs("select")[0]
-    report = result.outputs("aggregate")[0]
+    _, run, _ = finished
+    selection = run["select"]
+    report = run["aggregate"]
     summary = report["summary"]
     assert summary["served_mismatched_clips"] == 0  # the gateway combined exactly as chosen on validation
     assert summary["strategy"] == selection["aggregation"]["strategy"]
     assert summary["members"] == [c["name"] for c in selection["models"]]
     assert summary["baseline_member"] == selection["models"][0]["name"]
-    assert summary["clips"] == 200 and summary["recall_gain"]["low"] <= summary["recall_gain"]["high"]
-    markdown = _file(project, report["markdown"]).read_text()
-    assert "deployable baseline" in markdown and "## Leaderboard" in markdown
+    assert summary["clips"] == QUICK["test_clips"] and summary["recall_gain"]["low"] <= summary["recall_gain"]["high"]
+    markdown = report["markdown"].read_text()
+    assert "deployable baseline" in markdown and "## Leaderboard" in markdown and "not meaningful" in markdown
     for member in summary["members"]:
         assert member in markdown
-    assert _file(project, report["chart"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<img" in _file(project, report["html"]).read_text()
-    leaderboard = json.loads(_file(project, selection["leaderboard"]["json"]).read_text())
+    assert report["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<img" in report["html"].read_text()
+    leaderboard = json.loads(selection["leaderboard"]["json"].read_text())
     assert [m["name"] for m in leaderboard["models"] if m["selected"]] == sorted(
         summary["members"], key=[m["name"] for m in leaderboard["models"]].index)
-    assert leaderboard["run"]["id"] == result.run_id
+    assert leaderboard["run"]["id"] == run.id
 
 
 def test_servers_are_gone_after_the_run(finished):
-    _, result = finished
-    ports = [int(e["url"].rsplit(":", 1)[1]) for e in result.outputs("serve")]
-    listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-    assert not set(ports) & listening
+    project, run, _ = finished
+    services = [t for t in run.tasks.values() if t.step in ("serve", "gateway")]
+    assert len(services) == 3 and all(t.state == "succeeded" for t in services)
+    home = str(project.home)
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if any(home in part for part in p.info["cmdline"] or [])]
+    assert left == []  # each service process is started with a file in the run's store, and has ended
 
 
 def test_serve_brings_the_run_back_up_without_retraining_and_predict_tags_clips(finished, tmp_path):
-    project, result = finished
-    process = subprocess.Popen([sys.executable, "-m", "fanflow.cli.main", "serve", result.run_id,
+    project, run, _ = finished
+    process = subprocess.Popen([sys.executable, "-m", "fanflow.cli.main", "serve", run.id,
                                 "--home", str(project.home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     lines: queue.Queue = queue.Queue()
@@ -109,7 +123,7 @@ def test_serve_brings_the_run_back_up_without_retraining_and_predict_tags_clips(
         served_run = project.store.list_runs(1)[0]
         trained = [t for t in project.store.tasks(served_run.id) if t["step"] == "train"]
         assert trained and all(t["cached"] for t in trained)  # no retraining
-        preview = _file(project, result.outputs("ingest")[0]["previews"][0])
+        preview = run["ingest"]["previews"][0]
         answer = cli("predict", "--url", urls["gateway"], preview, "--json", check=True)
         clips = json.loads(answer.stdout)["clips"]
         assert len(clips) == 1 and all("found_by" in p for p in clips[0]["provenance"])
@@ -121,17 +135,17 @@ def test_serve_brings_the_run_back_up_without_retraining_and_predict_tags_clips(
 
 @pytest.mark.ray
 def test_on_ray_the_same_models_are_selected_and_the_same_report_comes_out(finished, tmp_path):
-    _, local = finished
+    _, local, _ = finished
     project = Project(tmp_path / ".fanflow")
     try:
-        on_ray = project.run(load_workflow(WORKFLOW), params=SMALL, executor="ray")
+        on_ray = project.run(apply_preset(load_workflow(WORKFLOW), "quick"), executor="ray")
     finally:
         project.close()
     assert on_ray.state == "succeeded", on_ray.error
     names = [c["name"] for c in on_ray.outputs("select")[0]["models"]]
-    assert names == [c["name"] for c in local.outputs("select")[0]["models"]]
+    assert names == [c["name"] for c in local["select"]["models"]]
     ray_summary = on_ray.outputs("aggregate")[0]["summary"]
-    local_summary = local.outputs("aggregate")[0]["summary"]
+    local_summary = local["aggregate"]["summary"]
     for key in ("served", "baseline", "recall_gain", "strategy", "threshold"):
         assert ray_summary[key] == local_summary[key], key
 
@@ -142,7 +156,7 @@ def test_a_folder_of_the_users_own_videos_runs_through_the_same_workflow(tmp_pat
     make_folder(tmp_path / "videos", n=30, seed=1)
     project = Project(tmp_path / ".fanflow")
     try:
-        params = {k: v for k, v in SMALL.items() if not k.endswith("_clips")}
+        params = {k: v for k, v in QUICK.items() if not k.endswith("_clips")}
         result = project.run(load_workflow(WORKFLOW), params={
             **params, "videos": str(tmp_path / "videos"), "models": ["cnn_batchnorm", "logistic"], "epochs": 2,
             "margin": -1.0})
@@ -178,6 +192,9 @@ def test_videos_of_another_kind_that_miss_the_bar_still_leave_a_leaderboard_and_
     error = [line for line in result.stderr.splitlines() if line.startswith("bar: ")]
     assert len(error) == 1, result.stderr
     assert "no model reached jaccard ≥" in error[0] and "short; try more training" in error[0]
+    shown = result.stdout  # the summary still shows every model and why it was not chosen
+    assert "Leaderboard" in shown and "cnn_batchnorm" in shown and "logistic" in shown
+    assert shown.count("below") == 2 and "Report" not in shown
     leaderboard = Path(error[0].rsplit("leaderboard: ", 1)[1].strip())
     html_text = leaderboard.read_text()
     assert "cnn_batchnorm" in html_text and "below the bar" in html_text
