@@ -146,6 +146,11 @@ async def member_request(
             )
         log.warning("member %s answered %s: %s", member.name, status, raw[:300])
         return MemberAnswer(member, "error", seconds, status=status, error=f"answered {status}")
+    if method == "GET":  # readiness, metadata: plain JSON, not an inference answer
+        try:
+            return MemberAnswer(member, "ok", seconds, response=json.loads(raw) if raw else {}, status=200)
+        except ValueError:
+            return MemberAnswer(member, "malformed", seconds, status=200, error="sent an answer fanflow cannot read")
     try:
         payload = binary.decode(raw, int(json_length) if json_length and json_length.isdigit() else None)
     except ValueError as e:

@@ -4,6 +4,7 @@ quorum, deadlines and the protocol's errors."""
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import numpy as np
@@ -295,3 +296,11 @@ def test_bad_gateway_settings_are_refused(members, kwargs, words):
 def test_members_need_distinct_names(members):
     with pytest.raises(ValueError, match="distinct"):
         create_gateway_app([{"url": members["a"].url, "model": "a"}, {"url": members["b"].url, "model": "a"}])
+
+
+def test_readiness_and_metadata_answers_are_not_taken_for_broken_inference_answers(serve, members, caplog):
+    gateway = serve(create_gateway_app(endpoints(members), "union"))
+    with caplog.at_level(logging.WARNING):
+        assert httpx.get(gateway.url + "/v2/health/ready").status_code == 200
+        assert httpx.get(gateway.url + "/v2/models/ensemble").status_code == 200
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
