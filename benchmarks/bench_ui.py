@@ -193,7 +193,7 @@ def live_stream(browser, home: Path, server: Served, n: int, nap: float) -> dict
     finally:
         project.close()
     # The store had `count` succeeded tasks from the moment the count-th of them ended.
-    lags = [at - ended[count - 1] for at, count in shown if 0 < count <= len(ended)]
+    lags = [at - ended[count - 1] for at, count in shown if count and 0 < count <= len(ended)]
     return {"tasks": n + 2, "samples": len(samples), "renderer_peak_mb": max(s[0] for s in samples),
             "renderer_end_mb": samples[-1][0], "heap_peak_mb": max(s[1] for s in samples),
             "heap_end_mb": samples[-1][1], "updates": len(lags),
