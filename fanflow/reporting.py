@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import math
 import numbers
 import sys
 import threading
@@ -46,15 +47,21 @@ def progress(done: float | None = None, total: float | None = None, *, unit: str
              **metrics: float) -> None:
     """Report how far the running task is (``done`` of ``total`` ``unit``, e.g. 3 of 8
     "epochs") and its latest metrics (``loss=0.21, val=0.93``: numbers, each one's newest value
-    kept). Every argument may be left out: ``progress(loss=0.3)`` reports a metric alone."""
+    kept). Every argument may be left out: ``progress(loss=0.3)`` reports a metric alone.
+
+    ``done`` and ``total`` are finite numbers, at least 0, ``done`` at most ``total``; a metric
+    is any real number (NumPy scalars and one-element tensors too; a NaN is kept as missing).
+    Anything else raises a ``TypeError`` (not a number) or ``ValueError`` (out of range)."""
     values: dict[str, Any] = {}
     if done is not None:
-        values["done"] = done if type(done) is int or type(done) is float else _number(done, "done")
+        values["done"] = _count(done, "done")
     if total is not None:
-        values["total"] = total if type(total) is int or type(total) is float else _number(total, "total")
+        values["total"] = _count(total, "total")
+        if done is not None and values["done"] > values["total"]:
+            raise ValueError(f"fanflow.progress: done ({done}) is more than total ({total})")
     if unit is not None:
-        if not isinstance(unit, str):
-            raise TypeError(f"fanflow.progress: unit must be a text such as 'epochs', got {type(unit).__name__}")
+        if not isinstance(unit, str) or not unit.strip():
+            raise TypeError(f"fanflow.progress: unit must be a word such as 'epochs', got {unit!r:.40}")
         values["unit"] = unit
     for name, value in metrics.items():  # a dict of this call's own: made plain in place
         if type(value) is not float and type(value) is not int:
@@ -66,27 +73,36 @@ def progress(done: float | None = None, total: float | None = None, *, unit: str
 
 def log(message: object, **fields: object) -> None:
     """Write a line to the running task's log (stderr, stamped with the time), and make it the
-    task's latest message, which the live view shows while the task runs."""
+    task's latest message, which the live view shows while the task runs. A task on a thread
+    of the engine's own process (``executor: thread``) has no log file of its own: its line is
+    kept as its latest message only, so that it never lands in the engine's terminal."""
     text = str(message)
     if fields:
         text += " " + " ".join(f"{name}={_shown(value)}" for name, value in fields.items())
-    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
-    reporter = _reporter.get() or _process_reporter
+    shared = _reporter.get()
+    if shared is None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+    reporter = shared or _process_reporter
     if reporter is not None:
         reporter.update({"message": text[:MESSAGE_LIMIT]}, None)
 
 
 def _number(value: object, name: str) -> float | int:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if type(value) is int or type(value) is float:
         return value
-    if isinstance(value, float):
-        return value
-    if not isinstance(value, bool):
+    if not isinstance(value, bool | str | bytes):
         if isinstance(value, numbers.Integral):
             return int(value)
         with contextlib.suppress(TypeError, ValueError):
-            return float(value)  # NumPy scalars, 0-d arrays and tensors
+            return float(value)  # NumPy scalars, 0-d arrays and one-element tensors
     raise TypeError(f"fanflow.progress: {name} must be a number, got {type(value).__name__} {value!r:.40}")
+
+
+def _count(value: object, name: str) -> float | int:
+    number = _number(value, name)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"fanflow.progress: {name} must be a finite number of at least 0, got {value!r:.40}")
+    return number
 
 
 def _shown(value: object) -> str:

@@ -9,7 +9,8 @@ the name. Names are shown as they are, never read as markup.
 
 A running task that reports its progress (``fanflow.progress``) shows a bar and its count in
 place of its state, and its latest metrics (or its latest ``fanflow.log`` message) at the end
-of its line; the bar narrows before the metrics are cut. A finished task keeps its final
+of its line; the bar narrows (down to 3 cells) to keep the first metric whole, and what
+does not fit is cut at the end of the line. A finished task keeps its final
 metrics on its line.
 """
 
@@ -24,7 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from fanflow.vocab.progress import Progress, count_text, progress_text
+from fanflow.vocab.progress import Progress, count_text, metrics_text, progress_text
 from fanflow.vocab.states import Event
 
 STYLE = {
@@ -235,7 +236,8 @@ class RunView:
         )
         if view.note:
             after.append(f"  {_short(view.note)}", style="red" if view.state == "failed" else "dim")
-        elif progress is not None and (said := progress_text(progress)):
+        said = metrics_text(progress) if progress is not None and not view.note else ""
+        if said:
             after.append(f"  {said}")
         line = Text.assemble((f"{SYMBOL.get(view.state, ' ')} ", STYLE.get(view.state, "")), view.name.ljust(width),
                              "  ")
@@ -243,10 +245,12 @@ class RunView:
         if count is None:
             state = view.state + (" (cached)" if view.cached else "")
             line.append(state.ljust(STATE_WIDTH), STYLE.get(view.state, ""))
-        else:  # the bar narrows (down to its least) rather than the metrics being cut
+        else:  # the bar narrows (down to its least) rather than the first metric being cut
             widest = max(len(count), len(count_text(progress, progress.total)))  # the bar keeps its width
             cells = max(BAR_WIDTH[0], min(BAR_WIDTH[1], STATE_WIDTH - 2 - widest))
-            over = line.cell_len + cells + 1 + len(count) + after.cell_len - self.console.width
+            first = metrics_text(progress, most=1)  # the metric the step put first stays whole
+            kept = after.cell_len - len(said) + len(first)
+            over = line.cell_len + cells + 1 + len(count) + kept - self.console.width
             if over > 0:
                 cells = max(BAR_WIDTH[0], cells - over)
             if progress.fraction is None:
@@ -255,6 +259,8 @@ class RunView:
                 line.append(bar(progress.fraction, cells), STYLE["running"])
                 line.append(" " + count.ljust(STATE_WIDTH - cells - 1))
         line.append_text(after)
+        if not view.note and progress is not None and progress.message:  # what is left of the line
+            line.append(f"  {_short(progress.message)}", style="dim")
         return _line(line)
 
     def _print_plain(self, events: list[Event]) -> None:

@@ -148,9 +148,16 @@ def count_text(progress: Progress, done: float | None = None) -> str | None:
     return f"{count} {progress.unit}" if progress.unit else count
 
 
+def metrics_text(progress: Progress, most: int | None = None) -> str:
+    """The latest metrics (the ``most`` first), in the order the step first gave them:
+    ``loss 0.213 val 0.931``."""
+    shown = list(progress.metrics.items())[:most]
+    return " ".join(f"{name} {number(value)}" for name, value in shown)
+
+
 def progress_text(progress: Progress) -> str:
     """The latest metrics (``loss 0.213 val 0.931``), then the latest message."""
-    said = " ".join(f"{name} {number(value)}" for name, value in progress.metrics.items())
+    said = metrics_text(progress)
     if progress.message:
         said += ("  " if said else "") + " ".join(progress.message.split())
     return said
