@@ -4,9 +4,11 @@ real terminal emulator (pyte) of 80 columns, as in a user's terminal."""
 import io
 import os
 import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 
 import pyte
 from rich.console import Console
@@ -189,7 +191,7 @@ def test_fanflow_run_shows_a_bar_with_the_unit_and_latest_metrics_while_a_step_r
         steps:
           train:
             uses: reportsteps:train
-            fan_out: {{model: [{LONG}]}}
+            fan_out: {{model: [cnn_wide_motion]}}
             with: {{epochs: 4, gate: "{gate}"}}
         """)
     master, slave = pty.openpty()
@@ -200,16 +202,20 @@ def test_fanflow_run_shows_a_bar_with_the_unit_and_latest_metrics_while_a_step_r
     os.close(slave)
     screen = pyte.Screen(80, 24)
     stream = pyte.ByteStream(screen)
-    seen = None
+    seen, deadline = None, time.time() + 120
     try:
         while seen is None:  # until the bar is on the screen, with the task still running
+            assert time.time() < deadline, "no bar came:\n" + "\n".join(screen.display)
+            if not select.select([master], [], [], 1)[0]:
+                continue
             data = os.read(master, 65536)
             assert data, "the run ended before its bar was seen"
             stream.feed(data)
             seen = next((line for line in screen.display if "4/4 epochs" in line and "val 0.5" in line), None)
     finally:
         gate.touch()
-    assert seen.startswith(f"▶ train[model={LONG}]") and "████" in seen, "\n".join(screen.display)
+    assert seen.startswith("▶ train[model=cnn_wide_motion]  ██████ 4/4 epochs"), "\n".join(screen.display)
+    assert seen.split("4/4 epochs")[1].split()[2:] == ["val", "0.5", "loss", "0.25"], seen
     while True:
         try:
             if not os.read(master, 65536):
