@@ -76,7 +76,7 @@ class Background:
         project = Project(home)
         try:
             self.result = project.run(load_workflow(path), executor=executor)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        except BaseException as exc:
             self.error = exc
         finally:
             project.close()
