@@ -133,7 +133,7 @@ def _counts_line(step: str, counts: dict[str, int]) -> Text:
     return _unwrapped(line)
 
 
-def _task_node(branch, task: dict, project, run_id: str, artifacts) -> None:
+def _task_node(branch, task: dict, project, run_id: str, artifacts):
     from fanflow.cli.live import STYLE, SYMBOL
     from fanflow.stores.values import locations
 
