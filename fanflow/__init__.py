@@ -22,6 +22,8 @@ _EXPORTS = {
     "RunFailed": "fanflow.errors",
     "RunNotFound": "fanflow.errors",
     "register_serializer": "fanflow.stores.serializers",
+    "progress": "fanflow.reporting",
+    "log": "fanflow.reporting",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -29,5 +31,6 @@ __all__ = [*_EXPORTS, "__version__"]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = globals()[name] = getattr(importlib.import_module(_EXPORTS[name]), name)  # found once
+        return value
     raise AttributeError(f"module 'fanflow' has no attribute {name!r}")

@@ -93,7 +93,7 @@ def runs(limit: int = 20, *, workflow: str | None = None, home: str | os.PathLik
 
     project = Project(home)
     try:
-        return [Run(row, project.store.tasks(row.id), project.artifacts_url)
+        return [Run(row, project.store.tasks(row.id), project.artifacts_url, project.store.progress(row.id))
                 for row in project.store.list_runs(limit, workflow)]
     finally:
         project.close()

@@ -1,6 +1,7 @@
 """A project's runs as a reader sees them: filtered and sorted lists of run summaries, the
 live state of every task, a page of a step's tasks, every attempt with its error and
-traceback, and where each attempt's stdout and stderr are.
+traceback, what a running task last reported (its progress), and where each attempt's stdout
+and stderr are.
 
 This is what a dashboard or a notebook reads (``fanflow ui`` shows nothing else); it never
 writes. ``Run`` (``fanflow.results``) is the whole of one run, its outputs loadable; the
@@ -9,6 +10,7 @@ reads here stay cheap on a run of 10,000 tasks and a store of thousands of runs.
     history = History(Project())
     history.find(states={"failed"}, workflow="video-entity-tagging", limit=20)
     history.attempts(run_id, "train[model=cnn]")[-1].traceback
+    history.progress(run_id, "train[model=cnn]").metrics
     history.log_path(run_id, "train[model=cnn]", attempt=1, stream="err").read_text()
 """
 
@@ -23,6 +25,7 @@ from fanflow.project import Project
 from fanflow.results import Task
 from fanflow.spec.model import Workflow
 from fanflow.stores.runs import RUN_SORTS, RunRow
+from fanflow.vocab.progress import Progress
 from fanflow.vocab.states import TERMINAL
 
 __all__ = ["RUN_SORTS", "Attempt", "History", "RunSummary", "TaskState"]
@@ -178,6 +181,11 @@ class History:
             if link["task"] == task and link["role"] == "input":
                 found.setdefault(writers.get(link["digest"], ""), []).append(link["digest"])
         return found
+
+    def progress(self, run_id: str, task: str) -> Progress | None:
+        """What the task last reported while it ran (``fanflow.progress``), as the engine last
+        wrote it (about every second while the task runs), or None."""
+        return self._store.progress(run_id, task).get(task)
 
     def log_path(self, run: RunSummary, task: str, attempt: int, stream: str) -> Path:
         return log_path(run.home or self.project.home, run.id, task, attempt, stream)

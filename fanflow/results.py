@@ -2,7 +2,9 @@
 first use by step name, its stored files as paths, and a table for Jupyter.
 
 A ``Run`` is read from the run store, so a run just finished (``fanflow.run``) and one read
-back later (``fanflow.Run.get``, ``fanflow.runs``) are the same object."""
+back later (``fanflow.Run.get``, ``fanflow.runs``) are the same object. What its tasks
+reported while they ran (``fanflow.progress``) is each ``Task``'s ``progress``: the latest
+count, metrics and message, and the history of the metrics."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from fanflow.stores.export import Exported, export_task
 from fanflow.stores.runs import RunRow
 from fanflow.stores.values import decode
 from fanflow.vocab.manifest import ARTIFACT_KEY, SUMMARY_KEY, map_artifacts
+from fanflow.vocab.progress import Progress, summary
 from fanflow.vocab.states import OK
 
 _OK = {state.value for state in OK}
@@ -59,11 +62,26 @@ class Task:
         """What the task returned, loaded from the artifact store."""
         return None if self.manifest is None or self._run is None else self._run.load(self.manifest)
 
+    @property
+    def progress(self) -> Progress | None:
+        """What the task last reported while it ran (``fanflow.progress``, ``fanflow.log``),
+        or None: ``done``, ``total``, ``unit``, ``fraction`` (0 to 1), ``metrics`` (the latest
+        value of each), ``message``, ``updated`` (when), ``attempt``, and ``history``, points
+        of (time, done, metrics) for charts (``series(name)``: one metric's (done, value))."""
+        return None if self._run is None else self._run.progress.get(self.name)
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """The latest value of each metric the task reported (empty if it reported none)."""
+        progress = self.progress
+        return dict(progress.metrics) if progress else {}
+
 
 class Run:
     """One run of a workflow, read from the project's run store."""
 
-    def __init__(self, row: RunRow, tasks: list[dict], artifacts_url: str):
+    def __init__(self, row: RunRow, tasks: list[dict], artifacts_url: str,
+                 progress: dict[str, Progress] | None = None):
         self.id = row.id
         self.workflow = row.workflow
         self.state = row.state
@@ -76,6 +94,7 @@ class Run:
         self._artifacts_url = artifacts_url
         self.tasks: dict[str, Task] = {t["name"]: Task.from_row(t, self) for t in tasks}
         self.outputs = Outputs(self)
+        self.progress: dict[str, Progress] = dict(progress or {})  # by task, as RunStore.progress reads it
 
     # -- reading runs -------------------------------------------------------------------
     @classmethod
@@ -91,7 +110,7 @@ class Run:
     @classmethod
     def read(cls, project: Project, run_id: str) -> Run:
         row = project.get_run(run_id)
-        return cls(row, project.store.tasks(row.id), project.artifacts_url)
+        return cls(row, project.store.tasks(row.id), project.artifacts_url, project.store.progress(row.id))
 
     # -- what it did --------------------------------------------------------------------
     @property
@@ -230,7 +249,8 @@ def run_html(run: Run, limit: int = 200) -> str:
         head += f'<p style="color:#cf222e">{e(run.error)}</p>'
     rows = []
     for task in list(run.tasks.values())[:limit]:
-        note = task.error or task.reason or ""
+        progress = task.progress
+        note = task.error or task.reason or (summary(progress) if progress else "")
         rows.append(
             "<tr>"
             f"<td><code>{e(task.name)}</code></td>"
@@ -246,6 +266,6 @@ def run_html(run: Run, limit: int = 200) -> str:
         rows.append(f'<tr><td colspan="6">… and {more} more tasks</td></tr>')
     table = (
         '<table class="fanflow-run"><thead><tr><th>task</th><th>state</th><th></th><th>attempts</th>'
-        "<th>time</th><th>error or reason</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>time</th><th>error, reason or progress</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     return f'<div class="fanflow-run">{head}{table}</div>'

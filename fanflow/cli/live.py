@@ -6,6 +6,12 @@ their details. When the tasks do not fit the terminal, fanned-out steps fold int
 each with their counts by state. Lines never wrap: a task's name or the run id is never
 broken in two (so it can be copied); what does not fit is cut at the end of the line, after
 the name. Names are shown as they are, never read as markup.
+
+A running task that reports its progress (``fanflow.progress``) shows a bar and its count in
+place of its state, and its latest metrics (or its latest ``fanflow.log`` message) at the end
+of its line; the bar narrows (down to 3 cells) to keep the first metric whole, and what
+does not fit is cut at the end of the line. A finished task keeps its final
+metrics on its line.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from fanflow.vocab.progress import Progress, count_text, metrics_text, progress_text
 from fanflow.vocab.states import Event
 
 STYLE = {
@@ -48,10 +55,13 @@ ORDER = {"running": 0, "retrying": 1, "serving": 2, "failed": 3, "pending": 4, "
          "succeeded": 7}
 DETAILED_UP_TO = 30  # runs with at most this many tasks keep every task's details
 FAILED_KEPT = 50  # failed tasks of a large run whose errors are kept for the view
+STATE_WIDTH = 18  # the state column; a progress bar and its count take its place
+BAR_WIDTH = (3, 12)  # the narrowest and the widest bar, in cells
+EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
 class TaskView:
-    __slots__ = ("attempt", "cached", "ended", "name", "note", "seq", "started", "state", "step")
+    __slots__ = ("attempt", "cached", "ended", "name", "note", "progress", "seq", "started", "state", "step")
 
     def __init__(self, name: str, step: str, seq: int):
         self.name, self.step, self.seq = name, step, seq
@@ -61,6 +71,7 @@ class TaskView:
         self.ended: float | None = None
         self.cached = False
         self.note = ""  # error, skip or cancel reason
+        self.progress: Progress | None = None  # as the task ended
 
     @property
     def duration(self) -> float | None:
@@ -77,6 +88,7 @@ class RunView:
         self.console = console or Console(stderr=True)
         self.sizes = sizes  # each expanded step's number of tasks, from the engine: counts of tasks
         # whose first event has not come yet
+        self.progress: Callable[[str], Progress | None] | None = None  # a running task's, from the engine
         self.states: dict[str, str] = {}  # every task's state
         self.steps: dict[str, Counter] = {}  # step -> tasks by state
         self.views: dict[str, TaskView] = {}  # tasks worth a line of their own
@@ -120,6 +132,8 @@ class RunView:
             view.started, view.ended = event.time, None
         if state in DONE and state != "serving":
             view.ended = event.time
+            if self.progress is not None:
+                view.progress = self.progress(name)
         view.cached = bool(event.detail.get("cached"))
         note = event.detail.get("error") or event.detail.get("reason")
         if "restart" in event.detail:
@@ -212,18 +226,41 @@ class RunView:
         return [self._task_line(v, width) for v in views]
 
     def _task_line(self, view: TaskView, width: int) -> Text:
-        state = view.state + (" (cached)" if view.cached else "")
+        progress = view.progress
+        if view.state == "running" and self.progress is not None:
+            progress = self.progress(view.name)
         duration = view.duration
-        line = Text.assemble(
-            (f"{SYMBOL.get(view.state, ' ')} ", STYLE.get(view.state, "")),
-            view.name.ljust(width),
-            "  ",
-            (state.ljust(18), STYLE.get(view.state, "")),
+        after = Text.assemble(
             f"{view.attempt or '':>2}  ",
             f"{duration:6.1f}s" if duration is not None else " " * 7,
         )
         if view.note:
-            line.append(f"  {_short(view.note)}", style="red" if view.state == "failed" else "dim")
+            after.append(f"  {_short(view.note)}", style="red" if view.state == "failed" else "dim")
+        said = metrics_text(progress) if progress is not None and not view.note else ""
+        if said:
+            after.append(f"  {said}")
+        line = Text.assemble((f"{SYMBOL.get(view.state, ' ')} ", STYLE.get(view.state, "")), view.name.ljust(width),
+                             "  ")
+        count = count_text(progress) if progress is not None and view.state == "running" else None
+        if count is None:
+            state = view.state + (" (cached)" if view.cached else "")
+            line.append(state.ljust(STATE_WIDTH), STYLE.get(view.state, ""))
+        else:  # the bar narrows (down to its least) rather than the first metric being cut
+            widest = max(len(count), len(count_text(progress, progress.total)))  # the bar keeps its width
+            cells = max(BAR_WIDTH[0], min(BAR_WIDTH[1], STATE_WIDTH - 2 - widest))
+            first = metrics_text(progress, most=1)  # the metric the step put first stays whole
+            kept = after.cell_len - len(said) + len(first)
+            over = line.cell_len + cells + 1 + len(count) + kept - self.console.width
+            if over > 0:
+                cells = max(BAR_WIDTH[0], cells - over)
+            if progress.fraction is None:
+                line.append(count.ljust(STATE_WIDTH))
+            else:
+                line.append(bar(progress.fraction, cells), STYLE["running"])
+                line.append(" " + count.ljust(STATE_WIDTH - cells - 1))
+        line.append_text(after)
+        if not view.note and progress is not None and progress.message:  # what is left of the line
+            line.append(f"  {_short(progress.message)}", style="dim")
         return _line(line)
 
     def _print_plain(self, events: list[Event]) -> None:
@@ -235,12 +272,21 @@ class RunView:
             if detailed or state in ("failed", "retrying"):
                 view = self.views.get(event.task)
                 note = f": {_short(view.note)}" if view and view.note and state != "succeeded" else ""
+                if not note and view and view.progress and (said := progress_text(view.progress)):
+                    note = f" ({_short(said)})"
                 cached = " (cached)" if view and view.cached else ""
                 self.console.print(
                     f"{SYMBOL.get(state, ' ')} {event.task} {state}{cached}{note}",
                     highlight=False,
                     markup=False,
                 )
+
+
+def bar(fraction: float, cells: int) -> str:
+    """A bar of ``cells`` character cells filled to ``fraction``, in eighths of a cell."""
+    eighths = round(min(max(fraction, 0.0), 1.0) * cells * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (EIGHTHS[part] if part else "")).ljust(cells, "░")
 
 
 def _line(text: Text) -> Text:

@@ -92,6 +92,7 @@ def _execute(
     )
     view.title = f"{spec.name} · run {runner.run_id}" + (f" · resumes {resume}" if resume else "")
     view.sizes = runner.core.sizes
+    view.progress = runner.progress.latest
     web = None
     if ui_port is not None:
         from fanflow.cli.ui import start_beside

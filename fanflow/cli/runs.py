@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import glob
 import json
 import sys
 import time
@@ -14,6 +16,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from fanflow.cli.common import HomeOption, UsageError, err, escape, open_project, out
+from fanflow.vocab.progress import Progress, summary
 
 
 def runs(
@@ -73,9 +76,12 @@ def show(
     if task is not None:
         _show_task(project, row, _task_named(project.store.tasks(row.id), task, row.id), json_output)
         return
+    progress = project.store.progress(row.id)
     if json_output:
         tasks = project.store.tasks(row.id)
         attempts = project.store.attempts(row.id)
+        for task in tasks:
+            task["progress"] = progress[task["name"]].to_dict() if task["name"] in progress else None
         print(json.dumps({"run": row.__dict__, "tasks": tasks, "attempts": attempts}, indent=2, default=str))
         return
     from fanflow.cli.live import STYLE
@@ -103,7 +109,9 @@ def show(
                 more = total - counts.get("succeeded", 0) - NOTABLE_SHOWN
                 branch.add(Text(f"… and {more} more that did not simply succeed", style="dim"))
         for task in shown:
-            _task_node(branch, task, project, row.id, artifacts)
+            node = _task_node(branch, task, project, row.id, artifacts)
+            if task["name"] in progress:
+                node.add(_progress_line(progress[task["name"]]))
     out.print(tree)
 
 
@@ -125,7 +133,7 @@ def _counts_line(step: str, counts: dict[str, int]) -> Text:
     return _unwrapped(line)
 
 
-def _task_node(branch, task: dict, project, run_id: str, artifacts) -> None:
+def _task_node(branch, task: dict, project, run_id: str, artifacts):
     from fanflow.cli.live import STYLE, SYMBOL
     from fanflow.stores.values import locations
 
@@ -151,6 +159,20 @@ def _task_node(branch, task: dict, project, run_id: str, artifacts) -> None:
             if attempt["error"]:
                 line += f" ({attempt['exit_reason']}) {(attempt['error'] or '')[:200]}"
             node.add(Text(line))
+    return node
+
+
+def _progress_line(progress: Progress) -> Text:
+    """What a task last reported while it ran, on one line (the bar as in the live view)."""
+    from fanflow.cli.live import bar
+
+    line = Text("progress: ")
+    if progress.fraction is not None:
+        line.append(bar(progress.fraction, 10) + " ", style="cyan")
+    line.append(summary(progress))
+    if len(progress.history) > 1:
+        line.append(f"  (history: {len(progress.history)} points)", style="dim")
+    return _unwrapped(line)
 
 
 def _show_task(project, row, task: dict, json_output: bool) -> None:
@@ -199,7 +221,8 @@ def logs(
     ] = None,
     attempt: Annotated[int | None, typer.Option(help="Which attempt (default: the last).")] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing while the run goes on.")
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing as it is written, until the task (or the run) ends."),
     ] = False,
     home: HomeOption = None,
 ) -> None:
@@ -216,55 +239,94 @@ def logs(
     tracebacks = {
         (a["task"], a["attempt"]): a["traceback"] for a in project.store.attempts(row.id) if a["traceback"]
     }
-    printed = False
+    printed = LogFiles(folder, {t["name"]: file_name(t["name"]) for t in tasks})
+    traced = False
     for t in tasks:
         number = attempt or max(t["attempts"], 1)
         for stream in ("out", "err"):
             path = log_path(row.home or project.home, row.id, t["name"], number, stream)
             if path.exists() and path.stat().st_size:
-                if len(tasks) > 1 or stream == "err":
-                    err.print(
-                        f"[bold]── {escape(t['name'])} (attempt {number}, std{stream}) ──[/]", markup=True
-                    )
-                sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
-                sys.stdout.flush()
-                printed = True
+                printed.show(path, header=len(tasks) > 1 or stream == "err")
         traceback = tracebacks.get((t["name"], number))
         if traceback:  # the step's exception, recorded by fanflow rather than printed by the step
             err.print(f"[bold]── {escape(t['name'])} (attempt {number}, traceback) ──[/]", markup=True)
             sys.stderr.write(traceback if traceback.endswith("\n") else traceback + "\n")
             sys.stderr.flush()
-            printed = True
+            traced = True
     if follow:
-        _follow(project, row.id, folder, tasks, file_name)
-    elif not printed:
-        err.print("no output")
+        _follow(project, row.id, tasks[0]["name"] if task is not None else None, printed)
+    elif not printed.offsets and not traced:
+        state = project.store.task_state(row.id, task) if task is not None else None
+        if state is not None and state[0] not in ENDED:
+            err.print(f"no output yet (to follow it: fanflow logs -f {row.id} '{task}')", markup=False)
+        else:
+            err.print("no output")
 
 
-def _follow(project, run_id: str, folder: Path, tasks: list[dict], file_name) -> None:
-    offsets: dict[Path, int] = {}
-    names = {t["name"] for t in tasks}
-    for path in folder.glob("*.out"):
-        offsets[path] = path.stat().st_size
+FOLLOW_EVERY = 0.2  # seconds between two looks at the log files
+ENDED = ("succeeded", "failed", "skipped", "cancelled")
+
+
+class LogFiles:
+    """The log files of a run's tasks as they are printed: how far each one was printed, and
+    which one last. A header on stderr names the task and the stream when asked, and whenever
+    the file printed changes."""
+
+    def __init__(self, folder: Path, bases: dict[str, str]):
+        self.folder = folder
+        self.bases = bases  # task -> the start of its log files' names
+        self.names = {base: name for name, base in bases.items()}
+        self.offsets: dict[Path, int] = {}
+        self._decoders: dict[Path, codecs.IncrementalDecoder] = {}
+        self._last: Path | None = None
+
+    def show(self, path: Path, header: bool) -> None:
+        """Print what ``path`` holds beyond what was printed of it."""
+        seen = self.offsets.get(path, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(seen)
+                data = f.read()
+        except OSError:
+            return
+        if not data:
+            return
+        if (header or self._last is not None) and path != self._last:
+            base, number, stream = path.name.rsplit(".", 2)
+            name = self.names.get(base, base)
+            err.print(f"[bold]── {escape(name)} (attempt {number}, std{stream}) ──[/]", markup=True)
+        self._last = path
+        decoder = self._decoders.setdefault(path, codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        sys.stdout.write(decoder.decode(data))
+        sys.stdout.flush()
+        self.offsets[path] = seen + len(data)
+
+    def files(self, task: str | None) -> list[Path]:
+        """The log files of ``task`` (every attempt), or of every task, oldest first."""
+        pattern = f"{glob.escape(self.bases[task])}.*.*" if task is not None else "*.*.*"
+        found = [p for p in self.folder.glob(pattern) if p.suffix in (".out", ".err")]
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+
+def _follow(project, run_id: str, task: str | None, printed: LogFiles) -> None:
+    """Print what the task (or every task) writes as it comes, until the task (or the run)
+    has ended and all it wrote is printed. Files of earlier attempts already there are not
+    printed again; a later attempt's are."""
+    for path in printed.files(task):
+        printed.offsets.setdefault(path, path.stat().st_size)
+    store = project.store
     try:
         while True:
-            for path in sorted(folder.glob("*.*")):
-                if path.suffix not in (".out", ".err"):
-                    continue
-                if len(names) == 1 and not path.name.startswith(file_name(next(iter(names))) + "."):
-                    continue
-                size = path.stat().st_size
-                seen = offsets.get(path, 0)
-                if size > seen:
-                    with open(path, encoding="utf-8", errors="replace") as f:
-                        f.seek(seen)
-                        sys.stdout.write(f.read())
-                        sys.stdout.flush()
-                    offsets[path] = size
-            row = project.store.get_run(run_id)
-            if row is None or row.state != "running":
+            state = store.task_state(run_id, task) if task is not None else None
+            row = store.get_run(run_id)
+            ended = (state is not None and state[0] in ENDED) or row is None or row.state != "running"
+            for path in printed.files(task):  # after the look at the state: nothing is left behind
+                printed.show(path, header=task is None or path.suffix == ".err")
+            if ended:
+                if state is not None:
+                    err.print(f"[dim]── {escape(task)} {state[0]} ──[/]", markup=True)
                 return
-            time.sleep(0.5)
+            time.sleep(FOLLOW_EVERY)
     except KeyboardInterrupt:
         return
 

@@ -5,6 +5,8 @@ cancels cleanly on Ctrl-C or SIGTERM.
 One round of the loop: take the tasks that became ready and ask the memo about them in one
 batch (reused ones succeed at once), take the tasks the core admits, record what changed,
 hand the admitted tasks to the executor in one batch, then apply the results that came back.
+Running tasks' progress reports are kept in ``progress`` (the live view reads it) and written
+to the run store now and then (see ``engine.progress``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any, Protocol
 from fanflow.engine.core import Scheduler, Task, TaskTable
 from fanflow.engine.naming import file_name
 from fanflow.engine.plan import Plan
+from fanflow.engine.progress import ProgressBook
 from fanflow.executors.base import Executor, TaskResult, TaskSpec
 from fanflow.spec.model import Workflow
 from fanflow.spec.subflows import OUTPUTS_FUNCTION
 from fanflow.vocab.manifest import artifact_digests
+from fanflow.vocab.progress import Progress
 from fanflow.vocab.states import OK, Event, State
 
 __all__ = ["Memo", "Recorder", "RunInfo", "RunResult", "Runner", "default_home", "file_name", "new_run_id"]
@@ -43,6 +47,9 @@ class Recorder(Protocol):
     def record(self, run_id: str, events: list[Event]) -> None: ...
 
     def finish(self, run_id: str, state: str, error: str | None, ended: float) -> None: ...
+
+    def record_progress(self, run_id: str, progress: list[tuple[str, Progress]]) -> None:
+        """Keep the latest progress of these tasks (each replaces what a task had)."""
 
 
 class Memo(Protocol):
@@ -101,6 +108,9 @@ class NullRecorder:
     def finish(self, run_id: str, state: str, error: str | None, ended: float) -> None:
         pass
 
+    def record_progress(self, run_id: str, progress: list[tuple[str, Progress]]) -> None:
+        pass
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -150,6 +160,7 @@ class Runner:
         self._ports: dict[str, int] = {}
         self._services: set[str] = set()  # service tasks started
         self._stop_requested: str | None = None
+        self.progress = ProgressBook()  # running tasks' latest progress
         self.started = 0.0
 
     # -- the loop -----------------------------------------------------------------------
@@ -179,6 +190,7 @@ class Runner:
                 if not (self.keep_services and self.core.outcome == "succeeded"):
                     self._stop_services()
                     self.executor.close()
+        self._record_progress(everything=True)
         state = "failed" if error else self.core.outcome
         error = error or self._error()
         ended = time.time()
@@ -209,6 +221,7 @@ class Runner:
                 else:
                     specs.append(self._spec_for(task))
             self._flush()  # every change so far is on record before the executor is asked
+            self._record_progress()
             for spec in specs:
                 self.executor.submit(spec)
                 self._running[spec.task] = spec
@@ -216,7 +229,9 @@ class Runner:
                     self._services.add(spec.task)
                 self._set_deadline(spec, now)
             self.executor.flush()
-            for result in self._collect(0 if reused or specs else self._wait_time()):
+            results = self._collect(0 if reused or specs else self._wait_time())
+            self._take_reports()  # each arrived before its task's result
+            for result in results:
                 self._apply(result)
             self._expire()
 
@@ -286,6 +301,21 @@ class Runner:
                 del self._deadlines[name]
                 self.executor.stop(name, "timeout", deadline[1])
 
+    def _take_reports(self) -> None:
+        reports = self.executor.reports()
+        if not reports:
+            return
+        core = self.core
+        for name, attempt, report in reports:
+            with contextlib.suppress(ValueError):
+                if core.state(name) is State.RUNNING and core.attempt(name) == attempt:
+                    self.progress.report(name, attempt, report)
+
+    def _record_progress(self, *, everything: bool = False) -> None:
+        due = self.progress.due(time.time(), everything=everything)
+        if due:
+            self.recorder.record_progress(self.run_id, due)
+
     def _apply(self, result: TaskResult) -> None:
         core, now, name = self.core, time.time(), result.task
         try:
@@ -297,6 +327,9 @@ class Runner:
         detail = {"worker": result.worker, "started": result.started}
         if result.status != "serving":
             self._deadlines.pop(name, None)
+            if result.report is not None:
+                self.progress.report(name, attempt, result.report)
+            self.progress.ended(name)
         if result.status == "succeeded":
             if state is not State.RUNNING:
                 return

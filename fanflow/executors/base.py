@@ -50,6 +50,7 @@ class TaskResult:
     retryable: bool = True
     started: float | None = None
     ended: float | None = None
+    report: dict[str, Any] | None = None  # the step's last progress report (fanflow.reporting)
     worker: str | None = None
 
     @classmethod
@@ -80,6 +81,12 @@ class Executor(ABC):
     @abstractmethod
     def wait(self, timeout: float | None) -> list[TaskResult]:
         """Results that arrived, waiting up to ``timeout`` seconds for the first one."""
+
+    def reports(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """Progress reports of running tasks (task, attempt, report) that arrived while
+        waiting, oldest first; each arrived before the result of its task. A report is
+        coalesced by the step's side (``fanflow.reporting``): a few a second per task."""
+        return []
 
     @abstractmethod
     def stop(self, task: str, status: Status = "cancelled", reason: str = "") -> None:

@@ -31,7 +31,7 @@ from fanflow.executors.processes import (
     kill_group,
     start_service_process,
 )
-from fanflow.executors.wire import own_part, result_from, shared_part
+from fanflow.executors.wire import REPORT, own_part, result_from, shared_part
 
 
 @dataclass(eq=False)
@@ -97,6 +97,7 @@ class LocalExecutor(Executor):
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="fanflow-task")
         self._thread_tasks: dict[str, TaskSpec] = {}
         self._results: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+        self._reports: deque[tuple[str, int, dict]] = deque()  # progress reports of running tasks
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._services: dict[str, _Service] = {}
         self._outboxes: dict[int, _Worker] = {}
@@ -199,10 +200,15 @@ class LocalExecutor(Executor):
     def _run_in_thread(self, spec: TaskSpec) -> None:
         from fanflow.executors.worker import execute
 
-        result = execute(spec, worker=threading.current_thread().name, own_process=False)
+        result = execute(spec, worker=threading.current_thread().name, own_process=False, send=self._report)
         if self._thread_tasks.get(spec.task) is spec:
             del self._thread_tasks[spec.task]
             self._post(result)
+
+    def _report(self, task: str, attempt: int, report: dict) -> None:
+        self._reports.append((task, attempt, report))
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"!")
 
     def _post(self, result: TaskResult) -> None:
         self._results.put(result)
@@ -231,12 +237,19 @@ class LocalExecutor(Executor):
                     code = _exit_code(worker.process)
                     results += self._lost_results(worker, f"the worker process died ({exit_description(code)})")
                     break
-                worker.done += len(rows)
-                for row in rows:
-                    self._finished(worker, result_from(row, worker.name), results)
+                if type(rows) is tuple and rows[0] == REPORT:
+                    self._reports.append(rows[1:])
+                else:
+                    worker.done += len(rows)
+                    for row in rows:
+                        self._finished(worker, result_from(row, worker.name), results)
                 if not conn.poll():
                     break
         return results + self._drain()
+
+    def reports(self) -> list[tuple[str, int, dict]]:
+        reports = self._reports
+        return [reports.popleft() for _ in range(len(reports))] if reports else []
 
     def _finished(self, worker: _Worker, result: TaskResult, results: list[TaskResult]) -> None:
         spec = worker.tasks.popleft()

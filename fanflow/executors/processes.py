@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -129,19 +131,32 @@ class OutputCapture:
     processes are captured too) to each task attempt's log files, and to /dev/null between
     tasks; no empty log file is left behind.
 
-    A task that may run for a while writes straight into its attempt's files, so that
-    ``fanflow logs --follow`` shows them as they grow. A tiny task (``spool``) writes into a
-    spool file per stream that this process keeps for its whole life; its bytes are copied to
-    the attempt's files afterwards, and only if it wrote any: a tiny task that prints nothing
-    costs two ``fstat`` calls and opens no file."""
+    A task that may run for a while writes straight into its attempt's files, line by line
+    (Python's stdout is made line-buffered), so that ``fanflow logs --follow`` shows them as
+    they grow. A tiny task (``spool``) writes into a spool file per stream that this process
+    keeps for its whole life; its bytes are copied to the attempt's files afterwards, and only
+    if it wrote any: a tiny task that prints nothing costs two ``fstat`` calls and opens no
+    file. A spooled task that turns out to run for more than ``UNSPOOL_AFTER`` seconds has its
+    output moved to its files while it runs (``unspool_if_long``, from another thread)."""
+
+    UNSPOOL_AFTER = 1.0  # seconds
 
     def __init__(self):
         self._null = os.open(os.devnull, os.O_WRONLY)
         self._paths: tuple[str, str] | None = None
         self._spools: tuple[int, int] | None = None
         self._target: str = "null"  # where fds 1 and 2 point: null, files or spools
+        self._since = 0.0  # when the spooled task began
+        self._unspooled = False  # the running task's output left the spools while it ran
+        self._lock = threading.Lock()  # the task's thread against ``unspool_if_long``
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdout.reconfigure(line_buffering=True)
 
     def idle(self) -> None:
+        with self._lock:
+            self._idle()
+
+    def _idle(self) -> None:
         self._flush()
         if self._target != "null":
             os.dup2(self._null, 1)
@@ -149,12 +164,17 @@ class OutputCapture:
             self._target = "null"
 
     def begin(self, prefix: str | None, spool: bool = False) -> None:
+        with self._lock:
+            self._begin(prefix, spool)
+
+    def _begin(self, prefix: str | None, spool: bool) -> None:
         if prefix is None:
-            self.idle()
+            self._idle()
             return
         self._flush()
         self._paths = (prefix + ".out", prefix + ".err")
         if spool:
+            self._since = time.monotonic()
             if self._target != "spools":
                 for fd, spool_fd in zip((1, 2), self._spool_files(), strict=True):
                     os.dup2(spool_fd, fd)
@@ -167,6 +187,10 @@ class OutputCapture:
         self._target = "files"
 
     def end(self) -> None:
+        with self._lock:
+            self._end()
+
+    def _end(self) -> None:
         if self._paths is None:
             return
         paths, self._paths = self._paths, None
@@ -176,13 +200,42 @@ class OutputCapture:
                 if os.fstat(spool).st_size:
                     _move_spooled(spool, path)
             return
-        self.idle()
+        self._idle()
+        if self._unspooled:  # a child process started before may still have written to the spools
+            self._unspooled = False
+            for spool, path in zip(self._spools, paths, strict=True):
+                if os.fstat(spool).st_size:
+                    _move_spooled(spool, path, append=True)
         for path in paths:
             try:
                 if os.path.getsize(path) == 0:
                     os.unlink(path)
             except OSError:
                 pass
+
+    def unspool_if_long(self) -> None:
+        """If a spooled task has run for over ``UNSPOOL_AFTER`` seconds, copy what it wrote to
+        its files and point its output straight at them. The copy is made before the switch
+        and what came in between after it: every byte is kept."""
+        with self._lock:
+            if self._target != "spools" or self._paths is None or time.monotonic() - self._since < self.UNSPOOL_AFTER:
+                return
+            self._flush()
+            handles: list[int] = []
+            try:
+                for path in self._paths:
+                    handles.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            except OSError:
+                for handle in handles:
+                    os.close(handle)
+                return  # it stays spooled, and is copied when it ends
+            for fd, spool, handle in zip((1, 2), self._spools, handles, strict=True):
+                copied = _copy(spool, handle, 0)
+                os.dup2(handle, fd)
+                _copy(spool, handle, copied)
+                os.close(handle)
+                os.ftruncate(spool, 0)
+            self._target, self._unspooled = "files", True
 
     def _spool_files(self) -> tuple[int, int]:
         if self._spools is None:
@@ -203,18 +256,23 @@ class OutputCapture:
                 stream.flush()
 
 
-def _move_spooled(spool: int, path: str) -> None:
+def _move_spooled(spool: int, path: str, append: bool = False) -> None:
     """Copy what a tiny task wrote to its log file, then empty the spool."""
     with contextlib.suppress(OSError):
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
         try:
-            offset = 0
-            while chunk := os.pread(spool, 1 << 20, offset):
-                os.write(out, chunk)
-                offset += len(chunk)
+            _copy(spool, out, 0)
         finally:
             os.close(out)
     os.ftruncate(spool, 0)
+
+
+def _copy(source: int, target: int, offset: int) -> int:
+    """Write what ``source`` holds from ``offset`` on to ``target``; returns where it ended."""
+    while chunk := os.pread(source, 1 << 20, offset):
+        os.write(target, chunk)
+        offset += len(chunk)
+    return offset
 
 
 class Progress:

@@ -4,11 +4,13 @@ or on a cluster.
 The engine keeps its own retries, timeouts, caching and resume: Ray never retries a task
 (``max_retries=0``), and a task's inputs and outputs go through the run's artifact store,
 exactly as with the local executor, so Ray's object store only carries the small plain-data
-task specs and results.
+task specs and results. Running tasks' progress reports go to a small actor of the run's
+(``_ReportBox``) as they come, and the engine keeps one call to it waiting for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import importlib
@@ -36,6 +38,7 @@ from fanflow.executors.processes import SERVICE_STOP_GRACE, error_tail, kill_gro
 from fanflow.executors.worker import describe, execute
 
 _READY_POLL = 0.05
+REPORT_WAIT = 10.0  # seconds a call for progress reports waits for some before it returns none
 STOP_CHECK = 0.5  # how often ``wait`` checks on services that are stopping
 MAX_BATCH = 16  # light tasks run by one Ray task
 
@@ -67,6 +70,9 @@ class RayExecutor(Executor):
         self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._results: list[TaskResult] = []  # reported without waiting (stopped or refused tasks)
         self._refusals: dict[tuple, str | None] = {}  # task shape -> why no node can take it
+        self._box: Any = None  # the actor that holds progress reports, once a task was sent
+        self._box_take: Future | None = None  # the call waiting for reports
+        self._reports: list[tuple[str, int, dict]] = []
 
     # -- connecting ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -145,11 +151,17 @@ class RayExecutor(Executor):
                 self._send(specs[first : first + size])
 
     def _send(self, specs: list[TaskSpec]) -> None:
-        ref = self._remote(specs[0]).remote([spec.to_dict() for spec in specs])
+        if self._box is None:
+            self._box = _report_box_actor().options(num_cpus=0).remote()
+            self._take_reports()
+        ref = self._remote(specs[0]).remote([spec.to_dict() for spec in specs], self._box)
         batch = _Batch(ref, self._future(ref), specs)
         self._batches[batch.future] = batch
         for spec in specs:
             self._batch_of[spec.task] = batch
+
+    def _take_reports(self) -> None:
+        self._box_take = self._future(self._box.take.remote(REPORT_WAIT))
 
     def _future(self, ref: ray.ObjectRef) -> Future:
         future = ref.future()
@@ -179,6 +191,9 @@ class RayExecutor(Executor):
             while True:
                 done.append(self._done.get_nowait())
         for future in done:
+            if future is self._box_take:
+                self._took_reports(future)
+                continue
             batch = self._batches.pop(future, None)
             if batch is not None:
                 results += self._batch_results(batch, future)
@@ -188,6 +203,18 @@ class RayExecutor(Executor):
                 results += self._service_event(*watched, future)
             # anything else was cancelled, its tasks reported already
         return results
+
+    def _took_reports(self, future: Future) -> None:
+        try:
+            self._reports += future.result()
+        except ray.exceptions.RayError:
+            self._box = self._box_take = None  # the actor died: the next task sent starts another
+            return
+        self._take_reports()
+
+    def reports(self) -> list[tuple[str, int, dict]]:
+        reports, self._reports = self._reports, []
+        return reports
 
     def _batch_results(self, batch: _Batch, future: Future) -> list[TaskResult]:
         specs = [spec for spec in batch.specs if self._batch_of.get(spec.task) is batch]
@@ -265,6 +292,10 @@ class RayExecutor(Executor):
         self._services.clear()
         self._watch.clear()
         self._results.clear()
+        if self._box is not None:
+            ray.kill(self._box)
+            self._box = self._box_take = None
+        self._reports.clear()
         if self._connected:  # stops a local instance it started; only disconnects from a cluster
             ray.shutdown()
             self._connected = False
@@ -392,6 +423,7 @@ def _ray_error(exc: BaseException) -> str:
 # -- inside a Ray worker ------------------------------------------------------------------
 _REMOTE = None
 _SERVICE_ACTOR = None
+_REPORT_BOX = None
 
 
 def _run_remote():
@@ -408,15 +440,49 @@ def _service_actor():
     return _SERVICE_ACTOR
 
 
+def _report_box_actor():
+    global _REPORT_BOX
+    if _REPORT_BOX is None:
+        _REPORT_BOX = ray.remote(max_restarts=0)(_ReportBox)
+    return _REPORT_BOX
+
+
+class _ReportBox:
+    """A Ray actor (asynchronous) holding running tasks' progress reports until the engine
+    takes them: tasks put theirs without waiting, and ``take`` returns as soon as there are
+    some, or empty-handed after ``timeout`` seconds."""
+
+    def __init__(self):
+        self.reports: list[tuple[str, int, dict]] = []
+        self.arrived = asyncio.Event()
+
+    async def put(self, reports: list[tuple[str, int, dict]]) -> None:
+        self.reports += reports
+        self.arrived.set()
+
+    async def take(self, timeout: float) -> list[tuple[str, int, dict]]:
+        if not self.reports:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout)
+        self.arrived.clear()
+        reports, self.reports = self.reports, []
+        return reports
+
+
 _worker_name: str | None = None
 
 
-def run_tasks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The body of a Ray task: fanflow task attempts, one after the other."""
-    return [run_task(message) for message in messages]
+def run_tasks(messages: list[dict[str, Any]], box: Any = None) -> list[dict[str, Any]]:
+    """The body of a Ray task: fanflow task attempts, one after the other; their progress
+    reports go to ``box`` (a ``_ReportBox``)."""
+    send = None
+    if box is not None:
+        def send(task: str, attempt: int, report: dict) -> None:
+            box.put.remote([(task, attempt, report)])
+    return [run_task(message, send) for message in messages]
 
 
-def run_task(message: dict[str, Any]) -> dict[str, Any]:
+def run_task(message: dict[str, Any], send=None) -> dict[str, Any]:
     """One fanflow task attempt, its output in its log files."""
     global _worker_name
     if _worker_name is None:
@@ -425,7 +491,7 @@ def run_task(message: dict[str, Any]) -> dict[str, Any]:
     _modules.refresh(spec.import_paths)
     loaded = len(sys.modules)
     with _captured(spec.log_prefix):
-        result = execute(spec, worker=_worker_name)
+        result = execute(spec, worker=_worker_name, send=send)
     if len(sys.modules) != loaded:
         _modules.remember()
     return result.to_dict()
@@ -441,6 +507,8 @@ def _captured(prefix: str | None):
     paths = (prefix + ".out", prefix + ".err")
     _flush()
     saved = (os.dup(1), os.dup(2))
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # lines reach the file as they are printed
     try:
         for fd, path in zip((1, 2), paths, strict=True):
             handle = _open_log(path)

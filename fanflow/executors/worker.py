@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from fanflow import runtime
+from fanflow import reporting, runtime
 from fanflow.executors.base import TaskResult, TaskSpec
 from fanflow.stores.artifacts import ArtifactStore
 from fanflow.stores.code import reader
@@ -122,9 +122,21 @@ class StepArgumentError(TypeError):
     pass
 
 
-def execute(spec: TaskSpec, worker: str = "", *, own_process: bool = True) -> TaskResult:
+def execute(spec: TaskSpec, worker: str = "", *, own_process: bool = True,
+            send: reporting.Send | None = None) -> TaskResult:
     """Run one task attempt in this process (on a thread of a shared process when not
-    ``own_process``) and describe the outcome."""
+    ``own_process``) and describe the outcome. The step's progress reports go to ``send``
+    while it runs (a line each on stderr without one); the last goes with the result."""
+    reporter = reporting.begin(spec.task, spec.attempt, send, own_process=own_process)
+    try:
+        result = _attempt(spec, worker, own_process)
+    finally:
+        report = reporting.end(reporter)
+    result.report = report
+    return result
+
+
+def _attempt(spec: TaskSpec, worker: str, own_process: bool) -> TaskResult:
     started = time.time()
     token = set_task_environment(spec, own_process=own_process)
     try:

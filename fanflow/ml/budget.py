@@ -1,5 +1,7 @@
 """How long a model trains: a budget of optimiser steps scaled to the data, early stopping
-on a threshold-free signal, and the progress lines (with an ETA) a training task prints.
+on a threshold-free signal, and the progress a training task shows: a line per epoch (with an
+ETA) on stdout, and ``fanflow.progress`` (epoch of max, train loss, validation score and loss)
+for the live view and the run store.
 
 The budget is ``epochs`` passes over the training clips, raised to at least ``min_steps``
 optimiser steps (a small data set needs more passes to learn anything) and capped at
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from fanflow.ml.errors import ParameterError
+from fanflow.reporting import progress as report_progress
 
 # Improvements of the validation loss smaller than this (relative) do not count as progress.
 MIN_RELATIVE_IMPROVEMENT = 1e-3
@@ -91,7 +94,9 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """One line per epoch on stdout (what a task's log shows): losses and time left."""
+    """One line per epoch on stdout (what a task's log shows): losses and time left, when
+    ``enabled``; and, always, the epoch's figures reported with ``fanflow.progress``: ``val``
+    (the validation score, Jaccard at a 0.5 threshold), ``loss`` (train) and ``val_loss``."""
 
     def __init__(self, name: str, rounds: int, budget: str, unit: str = "epoch", enabled: bool = True):
         self.name, self.rounds, self.unit, self.enabled = name, rounds, unit, enabled
@@ -99,7 +104,11 @@ class Progress:
         if enabled:
             self._print(f"budget {budget}")
 
-    def round(self, done: int, val_loss: float, improved: bool, train_loss: float | None = None) -> None:
+    def round(self, done: int, val_loss: float, improved: bool, train_loss: float | None = None,
+              val_score: float | None = None) -> None:
+        metrics = {"val": val_score, "loss": train_loss, "val_loss": val_loss}
+        report_progress(done, self.rounds, unit=self.unit + "s",
+                        **{name: value for name, value in metrics.items() if value is not None})
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start

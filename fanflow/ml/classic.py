@@ -21,7 +21,7 @@ import numpy as np
 from fanflow.ml.budget import EarlyStopping, Progress
 from fanflow.ml.errors import DataError, ParameterError
 from fanflow.ml.estimator import ClipTagger
-from fanflow.ml.metrics import log_loss
+from fanflow.ml.metrics import jaccard, log_loss
 from fanflow.ml.video import to_unit
 
 PATCH = 8
@@ -110,12 +110,14 @@ class _TemplateModel(ClipTagger):
         best = None
         for round_ in range(1, self.max_rounds + 1):
             self._grow(f_train, y_int, round_)
-            loss = log_loss(y_val, self._proba(f_val))
+            proba = self._proba(f_val)
+            loss = log_loss(y_val, proba)
+            score = jaccard(y_val, proba >= 0.5)
             improved, stop = stopper.update(round_, loss)
-            self.history_.append({"round": round_, "val_loss": loss})
+            self.history_.append({"round": round_, "val_loss": loss, "val_jaccard_at_half": score})
             if improved:
                 best = self._snapshot()
-            progress.round(round_, loss, improved)
+            progress.round(round_, loss, improved, val_score=score)
             if stop:
                 progress.stopped(round_, stopper.best_epoch)
                 break

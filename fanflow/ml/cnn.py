@@ -250,12 +250,13 @@ class ClipCNN(ClipTagger):
                 total += loss.item() * len(idx)
             val_proba = self._raw_proba(X_val)
             val_loss = log_loss(y_val, val_proba)
+            val_score = self._jaccard_at_half(y_val, val_proba)
             improved, stop = stopper.update(epoch, val_loss)
             self.history_.append({"epoch": epoch, "train_loss": total / n, "val_loss": val_loss,
-                                  "val_jaccard_at_half": self._jaccard_at_half(y_val, val_proba)})
+                                  "val_jaccard_at_half": val_score})
             if improved:
                 best_state = copy.deepcopy(net.state_dict())
-            progress.round(epoch, val_loss, improved, train_loss=total / n)
+            progress.round(epoch, val_loss, improved, train_loss=total / n, val_score=val_score)
             if stop:
                 progress.stopped(epoch, stopper.best_epoch)
                 break

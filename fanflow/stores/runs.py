@@ -38,7 +38,9 @@ from fanflow.stores.schema import (
     runs,
     tasks,
 )
+from fanflow.stores.schema import progress as progress_table
 from fanflow.vocab.manifest import ARTIFACT_KEY, artifact_refs
+from fanflow.vocab.progress import Progress
 from fanflow.vocab.states import Event
 
 HEARTBEAT_EVERY = 2.0  # seconds between a live engine's heartbeats
@@ -602,6 +604,33 @@ class RunStore:
                 dict(r) for r in conn.execute(sa.select(lineage).where(lineage.c.run_id == run_id)).mappings()
             ]
 
+    # -- progress (what running tasks report) --------------------------------------------
+    def record_progress(self, run_id: str, progress: list[tuple[str, Progress]]) -> None:
+        """Keep the latest progress of these tasks, each replacing what the task had (a row
+        per task), in one transaction."""
+        names = [task for task, _ in progress]
+        table = progress_table
+        with self.engine.begin() as conn:
+            for first in range(0, len(names), 500):
+                chunk = names[first : first + 500]
+                conn.execute(table.delete().where(table.c.run_id == run_id, table.c.task.in_(chunk)))
+            conn.execute(table.insert(), [{"run_id": run_id, "task": task, **p.columns()} for task, p in progress])
+
+    def progress(self, run_id: str, task: str | None = None) -> dict[str, Progress]:
+        """The latest progress that a run's tasks (or one task) reported, by task."""
+        query = sa.select(progress_table).where(progress_table.c.run_id == run_id)
+        if task is not None:
+            query = query.where(progress_table.c.task == task)
+        with self.engine.connect() as conn:
+            return {row["task"]: Progress.from_columns(row) for row in conn.execute(query).mappings()}
+
+    def task_state(self, run_id: str, name: str) -> tuple[str, int] | None:
+        """One task's state and number of attempts, or None if the run has no such task."""
+        query = sa.select(tasks.c.state, tasks.c.attempts).where(tasks.c.run_id == run_id, tasks.c.name == name)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row[0], row[1]) if row else None
+
     def mark_interrupted(self, run_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -619,6 +648,7 @@ class RunStore:
     def delete_runs(self, run_ids: list[str]) -> None:
         with self.engine.begin() as conn:
             for table, column in (
+                (progress_table, progress_table.c.run_id),
                 (lineage, lineage.c.run_id),
                 (attempts, attempts.c.run_id),
                 (tasks, tasks.c.run_id),

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from fanflow.stores.errors import RunStoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -117,6 +117,25 @@ leases = sa.Table(
 )
 
 
+# The latest progress a task reported while it ran (fanflow.progress): one row per task, for
+# its latest attempt, with a bounded history of its metrics (JSON: [[time, done, {name:
+# value}], ...]).
+progress = sa.Table(
+    "progress",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("task", sa.String(400), primary_key=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("done", sa.Float),
+    sa.Column("total", sa.Float),
+    sa.Column("unit", sa.Text),
+    sa.Column("metrics", sa.Text),  # JSON: the latest value of each metric
+    sa.Column("message", sa.Text),
+    sa.Column("history", sa.Text),
+    sa.Column("updated", sa.Float),
+)
+
+
 def _migrate_to_1(conn) -> None:
     metadata.create_all(conn, tables=[runs, tasks, attempts, artifacts, lineage, cache])
 
@@ -125,7 +144,11 @@ def _migrate_to_2(conn) -> None:
     leases.create(conn, checkfirst=True)
 
 
-MIGRATIONS = [_migrate_to_1, _migrate_to_2]  # MIGRATIONS[i] brings the schema from version i to i + 1
+def _migrate_to_3(conn) -> None:
+    progress.create(conn, checkfirst=True)
+
+
+MIGRATIONS = [_migrate_to_1, _migrate_to_2, _migrate_to_3]  # MIGRATIONS[i] brings the schema from version i to i + 1
 
 
 def migrate(engine: sa.Engine, url: str) -> None:

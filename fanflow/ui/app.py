@@ -27,6 +27,7 @@ from fanflow.project import Project
 from fanflow.ui.artifacts import Artifacts
 from fanflow.ui.graph import STATE_ORDER
 from fanflow.ui.security import Guard, new_token
+from fanflow.vocab.progress import count_text, number
 
 HERE = Path(__file__).parent
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -108,6 +109,7 @@ def _templates(token: str) -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters.update(when=when, took=took, quote=lambda text: quote(str(text), safe=""), size=size,
+                       number=number, count_text=count_text,
                        query=lambda values: urlencode({k: v for k, v in values.items() if v not in (None, "")}))
     env.globals.update(token=token, state_order=STATE_ORDER, now=time.time)
     return Jinja2Templates(env=env)

@@ -1,7 +1,7 @@
 """A run's page: its graph with live states, its failures, its results (the leaderboard and
 report of the reference workflow among them), a timeline of every attempt, and a panel per
-task (attempts, errors and tracebacks, stdout and stderr followed while it runs, inputs and
-outputs); with the files its tasks stored, served under readable names."""
+task (its progress bar and latest metrics, attempts, errors and tracebacks, stdout and stderr
+followed while it runs, inputs and outputs); with the files its tasks stored, served under readable names."""
 
 from __future__ import annotations
 
@@ -109,6 +109,20 @@ def task_panel(request: Request) -> Response:
     return ui.templates.TemplateResponse(request, "_task.html", {
         "run": run, "task": task, "step": step, "attempts": attempts, "output": output, "inputs": inputs,
         "file_url": file_url, "live": task.state not in FINAL_STATES,
+        "progress": ui.history.progress(run.id, task.name), "every": EVERY,
+    })
+
+
+def task_progress(request: Request) -> Response:
+    """A task's progress section alone: what the panel reloads while the task runs."""
+    ui = request.app.state.ui
+    run, _ = _run(request)
+    task = ui.history.task(run.id, request.query_params.get("name", ""))
+    if task is None:
+        raise HTTPException(404, "no such task")
+    return ui.templates.TemplateResponse(request, "_progress.html", {
+        "task": task, "live": task.state not in FINAL_STATES, "progress": ui.history.progress(run.id, task.name),
+        "every": EVERY,
     })
 
 
@@ -212,6 +226,7 @@ routes = [
     Route("/runs/{run_id}", run_page),
     Route("/runs/{run_id}/stream", run_stream),
     Route("/runs/{run_id}/task", task_panel),
+    Route("/runs/{run_id}/progress", task_progress),
     Route("/runs/{run_id}/branches", branches),
     Route("/runs/{run_id}/timeline.json", timeline),
     Route("/runs/{run_id}/log", log_text),

@@ -4,9 +4,11 @@ real terminal emulator (pyte) of 80 columns, as in a user's terminal."""
 import io
 import os
 import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 
 import pyte
 from rich.console import Console
@@ -148,3 +150,77 @@ def test_show_folds_a_large_step_and_keeps_its_notable_tasks(tmp_path):
     assert "square[x=8]" not in shown  # a branch that simply succeeded is counted, not listed
     assert "ValueError: cannot square 7" in shown
     assert any(run_id in line for line in lines[:1])
+
+
+def test_a_running_task_that_reports_shows_a_bar_its_count_and_first_metric_whole_at_80_columns():
+    from fanflow.vocab.progress import Progress
+
+    names = ["train[model=cnn_wide_motion]", "train[model=logistic]", "ingest"]
+    view = view_of(names, running=set(names[:2]))
+    reported = {names[0]: Progress(1, done=3, total=8, unit="epochs", metrics={"val": 0.8125, "loss": 0.2134,
+                                                                                 "val_loss": 0.3}),
+                names[1]: Progress(1, done=None, total=None, metrics={"val": 0.5}, message="fitting round 2")}
+    view.progress = reported.get
+    shown = screen_of(view.render())
+    cnn = next(line for line in shown if line.startswith(f"▶ {names[0]}"))
+    bar = cnn.split(names[0])[1].split(" 3/8 epochs")[0].strip()
+    assert len(bar) >= 3 and bar.startswith("█") and bar.endswith("░") and set(bar) <= set("█▏▎▍▌▋▊▉░"), cnn
+    assert "val 0.812" in cnn and len(cnn) <= 80
+    logistic = next(line for line in shown if line.startswith(f"▶ {names[1]}"))
+    assert "running" in logistic and "val 0.5  f" in logistic  # no count, no bar; the message follows
+
+
+def test_fanflow_run_shows_a_bar_with_the_unit_and_latest_metrics_while_a_step_reports(tmp_path):
+    write(tmp_path, "reportsteps.py", """
+        import time
+        from pathlib import Path
+
+        import fanflow
+
+
+        def train(epochs: int, gate: str) -> int:
+            for epoch in range(1, epochs + 1):
+                fanflow.progress(epoch, epochs, unit="epochs", val=epoch / 8, loss=1 / epoch)
+            while not Path(gate).exists():
+                time.sleep(0.02)
+            return epochs
+        """)
+    gate = tmp_path / "gate"
+    write(tmp_path, "bars.yaml", f"""
+        name: bars
+        steps:
+          train:
+            uses: reportsteps:train
+            fan_out: {{model: [cnn_wide_motion]}}
+            with: {{epochs: 4, gate: "{gate}"}}
+        """)
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "80", "LINES": "24", "TERM": "xterm"}
+    process = subprocess.Popen([sys.executable, "-m", "fanflow.cli.main", "run", "bars.yaml", "--home",
+                                str(tmp_path / "home")], cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave,
+                               env=env)
+    os.close(slave)
+    screen = pyte.Screen(80, 24)
+    stream = pyte.ByteStream(screen)
+    seen, deadline = None, time.time() + 120
+    try:
+        while seen is None:  # until the bar is on the screen, with the task still running
+            assert time.time() < deadline, "no bar came:\n" + "\n".join(screen.display)
+            if not select.select([master], [], [], 1)[0]:
+                continue
+            data = os.read(master, 65536)
+            assert data, "the run ended before its bar was seen"
+            stream.feed(data)
+            seen = next((line for line in screen.display if "4/4 epochs" in line and "val 0.5" in line), None)
+    finally:
+        gate.touch()
+    assert seen.startswith("▶ train[model=cnn_wide_motion]  ██████ 4/4 epochs"), "\n".join(screen.display)
+    assert seen.split("4/4 epochs")[1].split()[2:] == ["val", "0.5", "loss", "0.25"], seen
+    while True:
+        try:
+            if not os.read(master, 65536):
+                break
+        except OSError:
+            break
+    assert process.wait(60) == 0
+    os.close(master)

@@ -147,8 +147,18 @@ def test_a_run_started_from_the_launch_form_appears_and_goes_on_live(page, store
     run_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector("#node-wait.s-running")
     screenshot(page, "run-live", tmp_path)
+    page.click("#node-wait")  # its panel shows what the running step reported, as it comes
+    progress = page.locator("#panel #task-progress")
+    progress.locator("progress.bar").wait_for()
+    assert progress.get_attribute("data-live")
+    assert progress.locator("progress.bar").get_attribute("value") == "0.5"
+    assert progress.locator(".count").inner_text() == "1/2 stages"
+    assert progress.locator("table.metrics").inner_text().split() == ["numbers", "3"]
+    assert progress.locator(".message").inner_text().endswith("waiting for the gate")
+    screenshot(page, "task-progress", tmp_path, "#panel")
     gate.write_text("open")
     page.wait_for_selector("#run-state.s-succeeded", timeout=120_000)
+    assert page.locator("#panel #task-progress .count").inner_text() == "2/2 stages"  # its final report
     changes = page.evaluate("() => JSON.parse(sessionStorage.getItem('changes'))")
     done = [c for c in changes if c["step"] == "wait" and c["state"] == "succeeded"]
     assert done, changes

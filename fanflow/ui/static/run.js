@@ -32,6 +32,7 @@ async function openTask(name, keepScroll) {
   for (const node of document.querySelectorAll("#graph .node")) {
     node.classList.toggle("chosen", node.dataset.step === name.split("[")[0]);
   }
+  followProgress(generation);
   for (const details of panel.querySelectorAll("details[data-attempt]")) {
     const start = () => { for (const pre of details.querySelectorAll("pre.log")) followLog(pre, generation); };
     if (details.open) start(); else details.addEventListener("toggle", start, {once: true});
@@ -58,6 +59,19 @@ async function followLog(pre, generation) {
     if (!piece.more) return;
     await new Promise((resolve) => setTimeout(resolve, piece.text ? 100 : piece.every * 1000));
     if (generation !== panelGeneration) return;
+  }
+}
+
+// A running task's progress section, reloaded (rendered by the server) while it runs.
+async function followProgress(generation) {
+  for (;;) {
+    const section = document.getElementById("task-progress");
+    if (!section || !section.dataset.live || generation !== panelGeneration) return;
+    await new Promise((resolve) => setTimeout(resolve, parseFloat(section.dataset.live) * 1000));
+    if (generation !== panelGeneration) return;
+    const html = await fetchHTML(`${base}/progress?name=${encodeURIComponent(section.dataset.task)}`);
+    if (generation !== panelGeneration) return;
+    section.outerHTML = html;
   }
 }
 

@@ -4,6 +4,8 @@ import sys
 import time
 from pathlib import Path
 
+import fanflow
+
 
 def numbers(n: int) -> list[int]:
     return list(range(n))
@@ -12,10 +14,13 @@ def numbers(n: int) -> list[int]:
 def wait(values: list[int], seconds: float = 0.0, gate: str = "") -> list[int]:
     """Sleep ``seconds``, or, given a ``gate`` file, until it exists (at most ``seconds``)."""
     print(f"waiting up to {seconds} s", flush=True)
+    fanflow.progress(1, 2, unit="stages", numbers=len(values))
+    fanflow.log("waiting for the gate")
     deadline = time.time() + seconds
     while time.time() < deadline and not (gate and Path(gate).exists()):
         time.sleep(0.05)
     print("done waiting", flush=True)
+    fanflow.progress(2, 2, unit="stages", numbers=len(values))
     return values
 
 
