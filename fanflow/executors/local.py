@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -200,7 +201,12 @@ class LocalExecutor(Executor):
     def _run_in_thread(self, spec: TaskSpec) -> None:
         from fanflow.executors.worker import execute
 
-        result = execute(spec, worker=threading.current_thread().name, own_process=False, send=self._report)
+        worker = threading.current_thread().name
+        try:
+            result = execute(spec, worker=worker, own_process=False, send=self._report)
+        except BaseException as exc:  # a pool thread drops what it raises: report it instead
+            result = TaskResult(spec.task, spec.attempt, "crashed", error=f"{type(exc).__name__}: {exc}",
+                                traceback=traceback.format_exc(), ended=time.time(), worker=worker)
         if self._thread_tasks.get(spec.task) is spec:
             del self._thread_tasks[spec.task]
             self._post(result)

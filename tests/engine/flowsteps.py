@@ -169,3 +169,7 @@ def scratch_note(x: int) -> dict:
     path = Path(folder, "note.txt")
     path.write_text(f"{runtime.task_name()} {x}")
     return {"file": path, "task": runtime.task_name(), "cpus": runtime.cpus()}
+
+
+def interrupted():
+    raise KeyboardInterrupt("the step gave up")

@@ -215,6 +215,13 @@ def test_thread_tasks_each_see_their_own_task_name_and_scratch_folder(flow, home
     assert "FANFLOW_TASK" not in os.environ  # the engine's own environment is untouched
 
 
+@pytest.mark.timeout(120)
+def test_a_thread_step_whose_error_escapes_the_task_body_fails_and_never_hangs_the_run(flow, home):
+    result = run(home, flow("name: escapes\nsteps:\n  a: {uses: flowsteps:interrupted, executor: thread}\n"))
+    assert result.state == "failed"
+    assert "KeyboardInterrupt: the step gave up" in result.tasks["a"].error
+
+
 def test_a_step_returning_something_unstorable_fails_clearly(flow, home):
     result = run(home, flow("name: bad\nsteps:\n  a: {uses: flowsteps:bad_output}\n"))
     assert result.state == "failed"
