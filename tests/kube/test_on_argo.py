@@ -183,8 +183,8 @@ def test_a_quorum_that_no_branch_meets_fails_with_every_error(version, tmp_path)
 
 # -- the reference workflow -------------------------------------------------------------------
 
-SMALL = {"train_clips": "160", "val_clips": "80", "test_clips": "80", "epochs": "1",
-         "models": '["cnn_batchnorm", "logistic"]', "min_accuracy": "0.0"}  # fmt: skip
+SMALL = {"train_clips": "160", "val_clips": "80", "test_clips": "80", "epochs": "1", "min_steps": "0",
+         "models": '["cnn_batchnorm", "logistic"]', "min_accuracy": "0.0", "margin": "-1.0"}  # fmt: skip
 
 
 class Replay(Executor):
