@@ -158,7 +158,9 @@ def test_a_run_started_from_the_launch_form_appears_and_goes_on_live(page, store
     screenshot(page, "task-progress", tmp_path, "#panel")
     gate.write_text("open")
     page.wait_for_selector("#run-state.s-succeeded", timeout=120_000)
-    assert page.locator("#panel #task-progress .count").inner_text() == "2/2 stages"  # its final report
+    # Its final report, once the panel's own reload finds the task over (and stops reloading).
+    page.wait_for_selector("#panel #task-progress:not([data-live])", timeout=10_000)
+    assert page.locator("#panel #task-progress .count").inner_text() == "2/2 stages"
     changes = page.evaluate("() => JSON.parse(sessionStorage.getItem('changes'))")
     done = [c for c in changes if c["step"] == "wait" and c["state"] == "succeeded"]
     assert done, changes
