@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -108,12 +109,15 @@ async def member_request(
     timeout: float,
     body: list | None = None,
     headers: dict | None = None,
+    read: Callable[[bytes, int | None], dict] | None = None,
 ) -> MemberAnswer:
     """One request to a member, answered within ``timeout`` seconds or given up (the
     connection is then closed, which tells the member to drop the work); never raises for
     the member's failures. ``path`` is relative to the member's model URL; ``body`` is a list
-    of parts (sent in turn when large, never joined). What went wrong is logged in full and
-    said in the answer without addresses or system errors."""
+    of parts (sent in turn when large, never joined); ``read`` turns a 200 answer's body (and
+    its JSON header's length, for binary data) into the answer's ``response`` (plain JSON
+    unless told otherwise). What went wrong is logged in full and said in the answer without
+    addresses or system errors."""
     start = time.perf_counter()
     data = None
     if body is not None:
@@ -146,13 +150,9 @@ async def member_request(
             )
         log.warning("member %s answered %s: %s", member.name, status, raw[:300])
         return MemberAnswer(member, "error", seconds, status=status, error=f"answered {status}")
-    if method == "GET":  # readiness, metadata: plain JSON, not an inference answer
-        try:
-            return MemberAnswer(member, "ok", seconds, response=json.loads(raw) if raw else {}, status=200)
-        except ValueError:
-            return MemberAnswer(member, "malformed", seconds, status=200, error="sent an answer fanflow cannot read")
     try:
-        payload = binary.decode(raw, int(json_length) if json_length and json_length.isdigit() else None)
+        length = int(json_length) if json_length and json_length.isdigit() else None
+        payload = read(raw, length) if read else (json.loads(raw) if raw else {})
     except ValueError as e:
         log.warning("member %s sent an answer that cannot be read: %s", member.name, e)
         return MemberAnswer(member, "malformed", seconds, status=200, error="sent an answer fanflow cannot read")
@@ -174,7 +174,7 @@ async def infer_member(
     headers: dict | None = None,
 ) -> MemberAnswer:
     """Send an inference request (its body's parts) to a member and read its tags."""
-    answer = await member_request(session, member, "POST", "/infer", timeout, body, headers)
+    answer = await member_request(session, member, "POST", "/infer", timeout, body, headers, read=binary.decode)
     if answer.response is not None:
         try:
             answer.batch = wire.decode(answer.response)
