@@ -16,8 +16,9 @@ once, not one after the other); the last column is gateway p50 / that bound (≤
 Last, "big requests": 4 requests of the largest allowed body (32 MiB) in flight at once to a
 member and to the gateway, JSON and binary, while a liveness probe asks ``/v2/health/live``
 every 20 ms on a new connection (as Kubernetes does): the probe's p50, p99 and max (target
-p99 < 50 ms), and each server's peak RSS over its RSS before, its decoding workers included
-(target < 3 × the body size per request in flight).
+p99 < 50 ms), and each server's peak memory over its memory before (the sum of the PSS of the
+server and its decoding worker, after one unmeasured request of the same body; target < 3 ×
+the body size per request in flight).
 
     python benchmarks/bench_serving.py                # a few minutes
     python benchmarks/bench_serving.py --seconds 10 --clips 4
@@ -91,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (default 4)")
     parser.add_argument("--clips", type=int, default=1, help="clips per request (default 1)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--concurrency", type=int, nargs="*", default=[1, 32], help="clients per run; none: no load runs"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="turns each run is split into (default 4)")
     parser.add_argument("--kill-clients", type=int, default=32, help="clients during the kill run")
     parser.add_argument("--member-timeout", type=float, default=5.0)
     parser.add_argument("--skip-big", action="store_true", help="leave out the big-requests part")
+    parser.add_argument("--skip-kill", action="store_true", help="leave out the killed-member run")
     args = parser.parse_args(argv)
 
     bodies = {"json": body_for(args.clips), "binary": body_for(args.clips, binary=True)}
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"{'server':<10} {'body':<7} {'MiB':>6} {'answers':>7} {'seconds':>8} {'live p50':>9} "
-                f"{'live p99':>9} {'live max':>9} {'probes':>6} {'peak RSS +MiB':>14} {'/ (3 × 4 × body)':>17}"
+                f"{'live p99':>9} {'live max':>9} {'probes':>6} {'peak mem +MiB':>14} {'/ (3 × 4 × body)':>17}"
             )
             servers = {"cnn_a": members["cnn_a"], "gateway": gateway}
             for encoding in ("json", "binary"):
@@ -171,38 +175,42 @@ def main(argv: list[str] | None = None) -> int:
                         f"{big['probes']:>6} {big['rss'] / MiB:14.0f} {big['rss'] / MiB / limit:17.2f}",
                         flush=True,
                     )
+                    for status, count in sorted(big["statuses"].items()):
+                        if status != 200:
+                            print(f"    answered {status}: {count}; {big['samples'].get(status, '')}")
 
-        victim = "cnn_b"
+        if not args.skip_kill:
+            victim = "cnn_b"
 
-        async def kill_member() -> None:
-            await asyncio.sleep(args.seconds / 3)
-            members[victim].kill()
+            async def kill_member() -> None:
+                await asyncio.sleep(args.seconds / 3)
+                members[victim].kill()
 
-        killed = run_load(
-            targets["gateway"],
-            bodies["json"],
-            args.kill_clients,
-            args.seconds,
-            inspect=True,
-            during=kill_member,
-        )
-        failures += killed.errors
-        print(
-            "\n"
-            + row(
-                "gateway",
-                "json",
+            killed = run_load(
+                targets["gateway"],
+                bodies["json"],
                 args.kill_clients,
-                killed,
-                f"{victim} killed after {args.seconds / 3:.1f} s",
+                args.seconds,
+                inspect=True,
+                during=kill_member,
             )
-        )
-        print(
-            f"    answers: {len(killed.latencies)} (200), of which degraded: {killed.degraded}"
-            f" (failed members: {killed.failed_members}); errors: {killed.errors}"
-        )
-        for sample in killed.error_samples:
-            print(f"    error: {sample}")
+            failures += killed.errors
+            print(
+                "\n"
+                + row(
+                    "gateway",
+                    "json",
+                    args.kill_clients,
+                    killed,
+                    f"{victim} killed after {args.seconds / 3:.1f} s",
+                )
+            )
+            print(
+                f"    answers: {len(killed.latencies)} (200), of which degraded: {killed.degraded}"
+                f" (failed members: {killed.failed_members}); errors: {killed.errors}"
+            )
+            for sample in killed.error_samples:
+                print(f"    error: {sample}")
     finally:
         gateway.stop()
         for process in members.values():
@@ -215,18 +223,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def rss_of(process: psutil.Process) -> int:
-    """The RSS of a server and of its children (the decoding workers)."""
-    total = process.memory_info().rss
+    """The memory of a server and of its children (the decoding workers), as the sum of their
+    proportional set sizes: a sum of RSS would count twice the pages they share (a body in
+    shared memory, the libraries)."""
+    total = process.memory_full_info().pss
     for child in process.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += child.memory_info().rss
+            total += child.memory_full_info().pss
     return total
+
+
+async def _post(host: str, port: int, payload: bytes) -> tuple[int, bytes]:
+    """Send one request (``payload``: head and body) on a new connection; its status and body."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
+    answer = await reader.readexactly(length)
+    writer.close()
+    return int(head.split(b" ")[1]), answer
 
 
 def big_requests(pid: int, url: str, path: str, body: Body, in_flight: int = 4) -> dict:
     """Send ``in_flight`` copies of ``body`` at once while probing liveness; the probe's
-    latencies and the server's peak RSS over its RSS before."""
+    latencies and the server's peak memory over its memory before. One request of the same
+    body goes first, unmeasured: what a server allocates once (its decoding worker, the
+    model's buffers for a large batch) is not what each request in flight takes."""
     process = psutil.Process(pid)
+    host, port, payload = request_bytes(url, path, body)
+    asyncio.run(_post(host, port, payload))
     before = rss_of(process)
     peak = before
     sampling = threading.Event()
@@ -239,22 +268,14 @@ def big_requests(pid: int, url: str, path: str, body: Body, in_flight: int = 4) 
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    host, port, payload = request_bytes(url, path, body)
+
+    samples: dict[int, str] = {}
 
     async def one_big() -> int:
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(payload)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(
-            next(
-                line.split(b":")[1]
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            )
-        )
-        await reader.readexactly(length)
-        writer.close()
-        return int(head.split(b" ")[1])
+        status, answer = await _post(host, port, payload)
+        if status != 200:
+            samples[status] = answer[:300].decode("utf-8", "replace")
+        return status
 
     async def probe() -> float:
         start = time.perf_counter()
@@ -285,6 +306,8 @@ def big_requests(pid: int, url: str, path: str, body: Body, in_flight: int = 4) 
         "max": max(latencies),
         "probes": len(latencies),
         "rss": peak - before,
+        "statuses": {s: statuses.count(s) for s in set(statuses)},
+        "samples": samples,
     }
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 import numpy as np
 
@@ -24,11 +23,11 @@ if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)
 
 from fanflow.serving import binary, wire
+from fanflow.serving.http_pool import ConnectFailed, HTTPPool
 from fanflow.serving.protocol import check_model_name
 from fanflow.serving.wire import TagBatch
 
 log = logging.getLogger(__name__)
-STREAM_BYTES = 1024 * 1024  # bodies larger than this are sent in parts, never joined
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,11 @@ class Member:
     @property
     def model_url(self) -> str:
         return f"{self.url}/v2/models/{self.name}"
+
+    @property
+    def model_path(self) -> str:
+        """The model's path on its server (below any path in ``url``)."""
+        return f"/v2/models/{self.name}"
 
 
 def members_from(specs) -> list[Member]:
@@ -85,6 +89,7 @@ class MemberAnswer:
     status: int | None = None  # the HTTP status, when the member answered
     error: str | None = None  # why the member gave no usable answer (no addresses, no OS errors)
     detail: str | None = None  # the member's own message when it refused the request (4xx)
+    log_detail: str | None = None  # what went wrong in full (addresses, system errors): for the log
 
     @property
     def ok(self) -> bool:
@@ -102,7 +107,7 @@ def _error_text(body: bytes, reason: str) -> str:
 
 
 async def member_request(
-    session: aiohttp.ClientSession,
+    pool: HTTPPool,
     member: Member,
     method: str,
     path: str,
@@ -114,73 +119,69 @@ async def member_request(
     """One request to a member, answered within ``timeout`` seconds or given up (the
     connection is then closed, which tells the member to drop the work); never raises for
     the member's failures. ``path`` is relative to the member's model URL; ``body`` is a list
-    of parts (sent in turn when large, never joined); ``read`` turns a 200 answer's body (and
-    its JSON header's length, for binary data) into the answer's ``response`` (plain JSON
-    unless told otherwise). What went wrong is logged in full and said in the answer without
-    addresses or system errors."""
+    of parts (never joined); ``read`` turns a 200 answer's body (and its JSON header's length,
+    for binary data) into the answer's ``response`` (plain JSON unless told otherwise). What
+    went wrong is said in the answer without addresses or system errors, and in full in its
+    ``log_detail``."""
     start = time.perf_counter()
-    data = None
-    if body is not None:
-        size = sum(len(part) for part in body)
-        headers = {**(headers or {}), "content-length": str(size)}
-        data = _stream(body) if size > STREAM_BYTES else b"".join(body)
     try:
         async with asyncio.timeout(timeout):
-            async with session.request(method, member.model_url + path, data=data, headers=headers) as response:
-                status, reason = response.status, response.reason or ""
-                raw = await response.read()
-                json_length = response.headers.get(binary.HEADER)
+            reply = await pool.request(method, member.model_path + path, body, headers)
     except TimeoutError:
         return MemberAnswer(
             member, "timeout", time.perf_counter() - start, error=f"no answer within {timeout:.3g} s"
         )
-    except aiohttp.ClientConnectorError as e:
-        log.warning("member %s at %s is unreachable: %s", member.name, member.url, e)
-        return MemberAnswer(member, "unreachable", time.perf_counter() - start, error="unreachable")
-    except aiohttp.ClientError as e:
-        log.warning("member %s at %s: %s: %s", member.name, member.url, type(e).__name__, e)
-        return MemberAnswer(member, "error", time.perf_counter() - start, error="the connection failed")
+    except ConnectFailed as e:
+        return MemberAnswer(
+            member, "unreachable", time.perf_counter() - start, error="unreachable", log_detail=str(e)
+        )
+    except ConnectionError as e:
+        return MemberAnswer(
+            member, "error", time.perf_counter() - start, error="the connection failed", log_detail=str(e)
+        )
     seconds = time.perf_counter() - start
+    status, raw = reply.status, reply.body
     if status != 200:
         if 400 <= status < 500:
-            detail = _error_text(raw, reason)
+            detail = _error_text(raw, reply.reason)
             outcome = "rejected" if status in (400, 413) else "error"
             return MemberAnswer(
                 member, outcome, seconds, status=status, error=f"answered {status}: {detail}", detail=detail
             )
-        log.warning("member %s answered %s: %s", member.name, status, raw[:300])
-        return MemberAnswer(member, "error", seconds, status=status, error=f"answered {status}")
+        return MemberAnswer(
+            member, "error", seconds, status=status, error=f"answered {status}", log_detail=repr(raw[:300])
+        )
+    json_length = reply.headers.get(binary.HEADER.lower())
     try:
         length = int(json_length) if json_length and json_length.isdigit() else None
         payload = read(raw, length) if read else (json.loads(raw) if raw else {})
     except ValueError as e:
-        log.warning("member %s sent an answer that cannot be read: %s", member.name, e)
-        return MemberAnswer(member, "malformed", seconds, status=200, error="sent an answer fanflow cannot read")
+        return MemberAnswer(
+            member,
+            "malformed",
+            seconds,
+            status=200,
+            error="sent an answer fanflow cannot read",
+            log_detail=str(e),
+        )
     return MemberAnswer(member, "ok", seconds, response=payload, status=200)
 
 
-async def _stream(parts: list):
-    for part in parts:
-        view = memoryview(part)
-        for start in range(0, len(view), STREAM_BYTES):
-            yield view[start : start + STREAM_BYTES]
-
-
 async def infer_member(
-    session: aiohttp.ClientSession,
+    pool: HTTPPool,
     member: Member,
     body: list,
     timeout: float,
     headers: dict | None = None,
 ) -> MemberAnswer:
     """Send an inference request (its body's parts) to a member and read its tags."""
-    answer = await member_request(session, member, "POST", "/infer", timeout, body, headers, read=binary.decode)
+    answer = await member_request(pool, member, "POST", "/infer", timeout, body, headers, read=binary.decode)
     if answer.response is not None:
         try:
             answer.batch = wire.decode(answer.response)
         except ValueError as e:
-            log.warning("member %s sent tags that cannot be read: %s", member.name, e)
             answer.outcome, answer.error = "malformed", "sent an answer fanflow cannot read"
+            answer.log_detail = f"tags that cannot be read: {e}"
     return answer
 
 
@@ -227,7 +228,9 @@ class V2Client:
         except httpx.HTTPError as e:
             raise ClientError(f"{self.base}: {type(e).__name__}: {e}") from None
         if response.status_code != 200:
-            raise ClientError(f"{self.base}{path} answered {response.status_code}: {_error_text(response.content, response.reason_phrase)}")
+            raise ClientError(
+                f"{self.base}{path} answered {response.status_code}: {_error_text(response.content, response.reason_phrase)}"
+            )
         json_length = response.headers.get(binary.HEADER)
         try:
             if json_length is not None:

@@ -134,44 +134,61 @@ class RequestIdMiddleware:
 # -- requests ---------------------------------------------------------------------------
 
 
-async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
-    """The request body, refused with 413 past ``max_bytes`` and with 400 when empty."""
+async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes | bytearray:
+    """The request body, refused with 413 past ``max_bytes`` and with 400 when empty. A body
+    of known length is read into one buffer of that size: gathering the pieces and joining
+    them would hold the body twice."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise ProtocolError(f"request body of {int(length)} bytes is over the limit of {max_bytes}", 413)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ProtocolError(f"request body is over the limit of {max_bytes} bytes", 413)
-        chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if not body.strip():
+    expected = int(length) if length is not None and length.isdigit() else None
+    if expected is not None and expected > max_bytes:
+        raise ProtocolError(f"request body of {expected} bytes is over the limit of {max_bytes}", 413)
+    if expected is not None and expected > 65536:
+        # The HTTP parser hands over exactly Content-Length bytes (or the client hung up).
+        body: bytes | bytearray = bytearray(expected)
+        size = 0
+        async for chunk in request.stream():
+            body[size : size + len(chunk)] = chunk
+            size += len(chunk)
+    else:
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ProtocolError(f"request body is over the limit of {max_bytes} bytes", 413)
+            chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if not size or (size <= 65536 and not body.strip()):  # a large blank body fails as JSON
         raise ProtocolError("empty request body: expected an inference request (JSON)")
     return body
 
 
 async def until_disconnected(request: Request, work):
-    """Await ``work``, cancelled if the client hangs up first (ClientDisconnect then)."""
-    task = asyncio.ensure_future(work)
+    """Await the coroutine ``work`` in this task, cancelled if the client hangs up first
+    (ClientDisconnect then). The work runs in the request's own task: a task of its own would
+    cost a hop through the event loop on every answer."""
+    task = asyncio.current_task()
+    assert task is not None
+    hung_up = False
 
     async def hang_up() -> None:
+        nonlocal hung_up
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        hung_up = True
+        task.cancel()
 
     watch = asyncio.ensure_future(hang_up())
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        # This task is suspended only inside ``work``, so the cancel always lands there.
+        return await work
+    except asyncio.CancelledError:
+        if not hung_up:
+            raise
+        task.uncancel()
+        raise ClientDisconnect() from None
     finally:
         watch.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientDisconnect()
-    return task.result()
 
 
 def answer(response: dict, request: InferRequest) -> Response:
@@ -208,7 +225,9 @@ def build_app(
             raise ProtocolError(f"model '{name}' has no version '{version[:200]}' (it has {known})", 404)
 
     async def server_metadata(request: Request) -> Response:
-        return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": [binary.EXTENSION]})
+        return json_response(
+            {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": [binary.EXTENSION]}
+        )
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -234,7 +253,7 @@ def build_app(
 
     async def infer(request: Request) -> Response:
         check(request)
-        async with decoder.admit(request.headers.get("content-length")):
+        async with decoder.admit(request.headers.get("content-length"), binary.HEADER in request.headers):
             body = await read_body(request, max_body_bytes)
             json_length = binary.header_length(request.headers, len(body))
 

@@ -29,16 +29,17 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from fanflow.serving import binary, wire
 from fanflow.serving.client import Member, MemberAnswer, infer_member, member_request, members_from
 from fanflow.serving.connections import Limits
 from fanflow.serving.decoding import Decoder
 from fanflow.serving.endpoints import REQUEST_ID, build_app, current_request_id
+from fanflow.serving.http_pool import HTTPPool
 from fanflow.serving.metrics import ServerMetrics
 from fanflow.serving.protocol import (
     DEFAULT_MAX_BODY_BYTES,
@@ -66,6 +67,7 @@ MEMBER_KEEPALIVE_SECONDS = 10.0
 # gateway (a model server runs one inference at a time, so more would only queue there).
 DEFAULT_MEMBER_CONNECTIONS = 8
 OUTPUTS = (wire.TAGS, wire.SCORES, wire.PROVENANCE)
+FAILURE_LOG_SECONDS = 10.0  # a failing member is logged at most this often
 
 
 class Gateway:
@@ -104,7 +106,8 @@ class Gateway:
         self.member_max_body_bytes = member_max_body_bytes
         self._bytes_at_members = 0  # of the requests the members are working on or queueing
         self.member_connections = member_connections
-        self.clients: dict[str, aiohttp.ClientSession] = {}
+        self.clients: dict[str, HTTPPool] = {}
+        self._failing: dict[str, _Failing] = {}  # members whose last call failed
         self._metadata: dict | None = None
         self.metrics = metrics or ServerMetrics()
         self._member_calls = self.metrics.counter(
@@ -120,28 +123,48 @@ class Gateway:
         )
 
     async def start(self) -> None:
-        # One pooled session per member (aiohttp: its C HTTP parser keeps the relay cheap): a
-        # member that hangs holds its own connections only.
+        # One pool of connections per member: a member that hangs holds its own connections only.
         self.clients = {
-            m.name: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self.member_connections, keepalive_timeout=MEMBER_KEEPALIVE_SECONDS
-                ),
-                timeout=aiohttp.ClientTimeout(total=None),  # each call has its own deadline
-                trust_env=False,
-                skip_auto_headers=("User-Agent",),
-            )
-            for m in self.members
+            m.name: HTTPPool(m.url, self.member_connections, MEMBER_KEEPALIVE_SECONDS) for m in self.members
         }
 
     async def stop(self) -> None:
         for client in self.clients.values():
             await client.close()
 
+    def _log_outcomes(self, answers: list[MemberAnswer]) -> None:
+        """Log members' failures in full, but not once per request: a member that is down
+        is logged when it starts failing, then at most every ``FAILURE_LOG_SECONDS`` with the
+        count since, and once when it answers again."""
+        now = time.monotonic()
+        for a in answers:
+            name = a.member.name
+            failing = self._failing.get(name)
+            if a.outcome in ("ok", "rejected"):
+                if failing is not None:
+                    del self._failing[name]
+                    log.warning("member %s answers again, after %d failed call(s)", name, failing.total)
+                continue
+            why = f"{a.error}" + (f" ({a.log_detail})" if a.log_detail else "")
+            if failing is None:
+                self._failing[name] = _Failing(now)
+                log.warning("member %s at %s: %s", name, a.member.url, why)
+            else:
+                failing.total += 1
+                failing.unlogged += 1
+                if now - failing.logged_at >= FAILURE_LOG_SECONDS:
+                    log.warning(
+                        "member %s at %s is still failing: %d more failed call(s); the latest: %s",
+                        name, a.member.url, failing.unlogged, why,
+                    )  # fmt: skip
+                    failing.logged_at, failing.unlogged = now, 0
+
     async def _ask_all(self, method: str, path: str, timeout: float) -> list[MemberAnswer]:
-        return await asyncio.gather(
+        answers = await asyncio.gather(
             *(member_request(self.clients[m.name], m, method, path, timeout) for m in self.members)
         )
+        self._log_outcomes(answers)
+        return answers
 
     # -- protocol -----------------------------------------------------------------------
     async def readiness(self) -> str | None:
@@ -192,7 +215,8 @@ class Gateway:
         """The body's parts for the members: the tensors as binary data, binary answers asked."""
         message: dict[str, Any] = {
             "inputs": [
-                {"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.array} for t in request.inputs
+                {"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.array}
+                for t in request.inputs
             ],
             "parameters": {**request.parameters, "binary_data_output": True},
         }
@@ -218,11 +242,15 @@ class Gateway:
         # A member works on one request at a time: this one waits behind those sent before.
         self._bytes_at_members += size
         try:
-            return await self._ask_members(request, body, header_length, self.deadline(self._bytes_at_members))
+            return await self._ask_members(
+                request, body, header_length, self.deadline(self._bytes_at_members)
+            )
         finally:
             self._bytes_at_members -= size
 
-    async def _ask_members(self, request: InferRequest, body: list, header_length: int, deadline: float) -> dict:
+    async def _ask_members(
+        self, request: InferRequest, body: list, header_length: int, deadline: float
+    ) -> dict:
         wanted = request.output_names
         headers = {"content-type": "application/octet-stream", binary.HEADER: str(header_length)}
         request_id = current_request_id.get()
@@ -234,6 +262,7 @@ class Gateway:
         for a in answers:
             self._member_calls.labels(a.member.name, a.outcome).inc()
             self._member_latency.labels(a.member.name).observe(a.seconds)
+        self._log_outcomes(answers)
         good = [a for a in answers if a.ok]
         failed = {a.member.name: a.error for a in answers if not a.ok}
         if not good:
@@ -260,6 +289,13 @@ class Gateway:
             parameters["failed_members"] = wire.json_text(failed)
         outputs = select_outputs(wire.encode(combined), wanted)
         return infer_response(ENSEMBLE, outputs, request.id, None, parameters)
+
+
+@dataclass
+class _Failing:
+    logged_at: float
+    total: int = 1
+    unlogged: int = 0
 
 
 def _summary(message: str, failed: dict[str, str]) -> str:

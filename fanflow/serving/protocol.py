@@ -150,7 +150,9 @@ def parse_request(body: bytes | memoryview, json_length: int | None = None) -> I
     # no '[' beyond the lists every request has (inputs, shapes, data, outputs) has none.
     with_data = sum(isinstance(item, simdjson.Object) and "data" in item for item in inputs)
     lists = 1 + len(inputs) + with_data + ("outputs" in document)
-    nested = (body if isinstance(body, bytes) else bytes(header)).count(b"[", 0, len(header)) > lists
+    nested = (body if isinstance(body, bytes | bytearray) else bytes(header)).count(
+        b"[", 0, len(header)
+    ) > lists
     tensors = [_parse_input(item, f"inputs[{i}]", chunks, nested) for i, item in enumerate(inputs)]
     chunks.check_all_used()
     _unique([t.name for t in tensors], "inputs")
@@ -294,7 +296,9 @@ def _parse_input(item: Any, where: str, chunks: _BinaryChunks, nested: bool) -> 
         array = array_from_bytes(chunks.take(size, where), datatype, shape, where)
         return Tensor(name, datatype, shape, array, parameters, binary=True)
     if not has_data:
-        raise ProtocolError(f"{where}: 'data' is missing (or give 'parameters.binary_data_size' with binary data)")
+        raise ProtocolError(
+            f"{where}: 'data' is missing (or give 'parameters.binary_data_size' with binary data)"
+        )
     array = _array_from_json(item["data"], datatype, shape, where, nested)
     return Tensor(name, datatype, shape, array, parameters)
 
@@ -355,7 +359,9 @@ def _array_from_json(data: Any, datatype: str, shape: list[int], where: str, nes
         return array.reshape(shape)
     of_type = "d" if dtype.kind == "f" else ("u" if dtype.kind == "u" else "i")
     try:
-        values = np.frombuffer(data.as_buffer(of_type=of_type), dtype={"d": "f8", "u": "u8", "i": "i8"}[of_type])
+        values = np.frombuffer(
+            data.as_buffer(of_type=of_type), dtype={"d": "f8", "u": "u8", "i": "i8"}[of_type]
+        )
     except TypeError:
         what = "numbers" if dtype.kind == "f" else "integers"
         raise ProtocolError(f"{where}: 'data' must hold {what} only ({datatype}), got other values") from None
@@ -408,7 +414,9 @@ def _cast(values: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.
 # -- checks a model makes ----------------------------------------------------------------
 
 
-def check_unit_clips(tensor: Tensor, trailing: tuple[int, ...], low: float = 0.0, high: float = 1.0) -> np.ndarray:
+def check_unit_clips(
+    tensor: Tensor, trailing: tuple[int, ...], low: float = 0.0, high: float = 1.0
+) -> np.ndarray:
     """``tensor`` as float32 ``[n, *trailing]`` (n ≥ 1), every value finite and in [low, high]."""
     where = f"input '{tensor.name}'"
     if tensor.datatype != "FP32":

@@ -62,43 +62,66 @@ class Strategy:
             raise ValueError(
                 f"members answered for different numbers of clips: {[len(b) for _, b in answers]}"
             )
-        vocabulary = list(dict.fromkeys(tag for _, batch in answers for tag in batch.vocabulary))
+        vocabularies = [batch.vocabulary for _, batch in answers]
+        m = len(answers)
+        if all(v == vocabularies[0] for v in vocabularies):  # the usual case: one column order
+            vocabulary = list(vocabularies[0])
+            scores = np.stack([np.asarray(batch.scores, dtype=np.float32) for _, batch in answers])
+            known = None  # every member has every tag
+        else:
+            vocabulary = list(dict.fromkeys(tag for v in vocabularies for tag in v))
+            column = {tag: j for j, tag in enumerate(vocabulary)}
+            scores = np.full(
+                (m, n, len(vocabulary)), np.nan, dtype=np.float32
+            )  # NaN: the member has no such tag
+            for k, (_, batch) in enumerate(answers):
+                scores[k][:, [column[t] for t in batch.vocabulary]] = batch.scores
+            known = ~np.isnan(scores)
+        v = len(vocabulary)
         column = {tag: j for j, tag in enumerate(vocabulary)}
-
-        m, v = len(answers), len(vocabulary)
-        scores = np.full((m, n, v), np.nan, dtype=np.float32)  # NaN: the member has no such tag
-        found = np.zeros((m, n, v), dtype=bool)
-        for k, (_, batch) in enumerate(answers):
-            scores[k][:, [column[t] for t in batch.vocabulary]] = batch.scores
-            for i, clip_tags in enumerate(batch.tags):
-                found[k, i, [column[t] for t in clip_tags]] = True
-        known = ~np.isnan(scores)
+        found = np.zeros(m * n * v, dtype=bool)
+        found[
+            [
+                (k * n + i) * v + column[t]
+                for k, (_, batch) in enumerate(answers)
+                for i, clip_tags in enumerate(batch.tags)
+                for t in clip_tags
+            ]
+        ] = True
+        found = found.reshape(m, n, v)
         per_member = [self.weights.get(name, 1.0) if self.name == "weighted" else 1.0 for name in names]
-        weights = np.array(per_member, dtype=np.float32)[:, None, None] * known
-        mean = (np.where(known, scores, 0.0) * weights).sum(0) / weights.sum(0)
+        weights = np.array(per_member, dtype=np.float32)[:, None, None]
 
         if self.name == "union":
-            emit, combined = found.any(0), np.where(known, scores, -np.inf).max(0)
+            emit = found.any(0)
+            combined = scores.max(0) if known is None else np.where(known, scores, -np.inf).max(0)
         elif self.name == "intersection":
-            emit, combined = found.all(0), np.where(known, scores, np.inf).min(0)
-        elif self.name == "majority":
-            emit, combined = 2 * found.sum(0) > m, mean
-        else:  # mean, weighted
-            emit, combined = mean >= self.threshold, mean
+            emit = found.all(0)
+            combined = scores.min(0) if known is None else np.where(known, scores, np.inf).min(0)
+        else:
+            if known is None:
+                mean = (scores * weights).sum(0) / weights.sum(0)
+            else:
+                weights = weights * known
+                mean = (np.where(known, scores, 0.0) * weights).sum(0) / weights.sum(0)
+            combined = mean
+            emit = 2 * found.sum(0) > m if self.name == "majority" else mean >= self.threshold
 
+        # Provenance is built from Python lists: indexing numpy scalars one by one costs more.
+        score_rows, found_rows, combined_rows = scores.tolist(), found.tolist(), combined.tolist()
+        known_rows = None if known is None else known.tolist()
         tags, provenance = [], []
-        for i in range(n):
+        for i, row in enumerate(emit.tolist()):
             clip_tags, clip_provenance = [], []
-            for j in np.flatnonzero(emit[i]):
+            for j in (j for j, emitted in enumerate(row) if emitted):
+                members = range(m) if known_rows is None else [k for k in range(m) if known_rows[k][i][j]]
                 clip_tags.append(vocabulary[j])
                 clip_provenance.append(
                     {
                         "tag": vocabulary[j],
-                        "score": round(float(combined[i, j]), 6),
-                        "found_by": [names[k] for k in range(m) if found[k, i, j]],
-                        "scores": {
-                            names[k]: round(float(scores[k, i, j]), 6) for k in range(m) if known[k, i, j]
-                        },
+                        "score": round(combined_rows[i][j], 6),
+                        "found_by": [names[k] for k in range(m) if found_rows[k][i][j]],
+                        "scores": {names[k]: round(score_rows[k][i][j], 6) for k in members},
                     }
                 )
             tags.append(clip_tags)

@@ -10,11 +10,12 @@ from tests.serving.serving_helpers import ServerProcess
 
 @pytest.fixture
 def serve():
-    """serve(app) -> a started ServerThread on a free loopback port, stopped after the test."""
+    """serve(app, port=0) -> a started ServerThread on a loopback port (a free one by
+    default), stopped after the test."""
     started: list[ServerThread] = []
 
-    def start(app) -> ServerThread:
-        server = ServerThread(app).start()
+    def start(app, port: int = 0) -> ServerThread:
+        server = ServerThread(app, port=port).start()
         started.append(server)
         return server
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import httpx
 import numpy as np
@@ -239,7 +240,9 @@ def test_a_client_that_hangs_up_cancels_the_members_queued_work(serve):
     time.sleep(0.15)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            gateway.url + "/v2/models/ensemble/infer", json=wire.infer_request(clips_with(CLIP, n=5)), timeout=0.2
+            gateway.url + "/v2/models/ensemble/infer",
+            json=wire.infer_request(clips_with(CLIP, n=5)),
+            timeout=0.2,
         )
     busy.join()
     time.sleep(0.4)
@@ -304,3 +307,54 @@ def test_readiness_and_metadata_answers_are_not_taken_for_broken_inference_answe
         assert httpx.get(gateway.url + "/v2/health/ready").status_code == 200
         assert httpx.get(gateway.url + "/v2/models/ensemble").status_code == 200
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_member_restarted_on_its_port_is_asked_again_on_new_connections(serve, members):
+    gateway = serve(create_gateway_app(endpoints(members, "ab"), "union"))
+    assert response_ok(ask(gateway))  # the gateway now keeps connections open to a and b
+    port = members["b"].port
+    members["b"].stop()
+    serve_on(serve, members, "b", port)
+    # The old connections were closed by the stopped server: none of them is used again.
+    for _ in range(3):
+        parameters = ask(gateway).json()["parameters"]
+        assert parameters["degraded"] is False, parameters
+
+
+def test_a_failing_member_is_logged_when_it_fails_and_recovers_not_per_request(serve, members, caplog):
+    gateway = serve(create_gateway_app(endpoints(members, "ab"), "union"))
+    port = members["b"].port
+    members["b"].stop()
+    with caplog.at_level(logging.WARNING, logger="fanflow.serving.gateway"):
+        for _ in range(20):
+            assert ask(gateway).json()["parameters"]["degraded"] is True
+        serve_on(serve, members, "b", port)
+        assert ask(gateway).json()["parameters"]["degraded"] is False
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("member b at http://127.0.0.1:") and "unreachable" in messages[0]
+    assert messages[1] == "member b answers again, after 20 failed call(s)"
+
+
+def response_ok(response: httpx.Response) -> bool:
+    return response.status_code == 200 and response.json()["parameters"]["degraded"] is False
+
+
+def serve_on(serve, members, name: str, port: int) -> None:
+    """Start member ``name`` again on ``port`` (the port may linger a moment after a stop)."""
+    for _ in range(50):
+        try:
+            members[name] = serve(create_model_app(BrightnessTagger(gain=GAINS[name]), name), port=port)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"port {port} did not come free")
+
+
+def test_a_body_of_several_mib_is_relayed_in_slices_and_answered_whole(serve, members):
+    """3,000 clips: 3 MiB of binary tensor data for each member, sent in 1 MiB slices."""
+    gateway = serve(create_gateway_app(endpoints(members, "ab"), "union"))
+    clips = np.repeat(clips_with(CLIP), 3000, axis=0)
+    response = ask(gateway, clips)
+    assert response.json()["parameters"]["degraded"] is False
+    assert clip_tags(response) == [["r0c0", "r0c1"]] * 3000
