@@ -8,7 +8,11 @@ asks: JSON, or binary outputs); then it kills one member in the middle of a gate
 counts the errors (which must stay 0: the gateway answers degraded). The row "direct" is the
 load generator sending each request to both members at once itself, with no gateway: the
 best a fan-out can do on this machine, where the members, the gateway and the load generator
-share the cores.
+share the cores: a member alone has the whole machine, two in the ensemble share it. With
+``--pin`` each member runs on a core of its own, alone and in the ensemble, so that a member
+has the same CPU in both (the gateway and the load generator run anywhere): the fair
+comparison when the members are saturated (32 clients); at 1 client it costs latency, as a
+member must wait for its core while the gateway or the load generator holds it.
 
 Target: gateway p50 ≤ 1.2 × the slower member's p50 + 1 ms (the members are called at
 once, not one after the other); the last column is gateway p50 / that bound (≤ 1 passes).
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--member-timeout", type=float, default=5.0)
     parser.add_argument("--skip-big", action="store_true", help="leave out the big-requests part")
     parser.add_argument("--skip-kill", action="store_true", help="leave out the killed-member run")
+    parser.add_argument(
+        "--pin", action="store_true", help="give each member a core of its own, alone and in the ensemble"
+    )
     args = parser.parse_args(argv)
 
     bodies = {"json": body_for(args.clips), "binary": body_for(args.clips, binary=True)}
@@ -107,11 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         f"serving benchmark: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
         f"2 members (torch CNN, 1 thread each), union gateway; {args.clips} clip(s) {SHAPE} per request: "
         f"{len(bodies['json'].content) / 1024:.0f} KiB as JSON, {len(bodies['binary'].content) / 1024:.0f} KiB "
-        f"binary; {args.seconds:g} s per target, encoding and concurrency, in {args.rounds} turns"
+        f"binary; {args.seconds:g} s per target, encoding and concurrency, in {args.rounds} turns; "
+        + ("each member on a core of its own" if args.pin else "members on any core")
     )
     started = time.perf_counter()
     members = {"cnn_a": start_member("cnn_a", 0), "cnn_b": start_member("cnn_b", 1)}
     endpoints = [{"url": p.wait_url(), "model": name} for name, p in members.items()]
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        # As pods with a CPU each: a member alone and a member in the ensemble have the same
+        # core, so the comparison is of the gateway, not of one member given the whole machine
+        # against two sharing it. The gateway and the load generator run anywhere.
+        for i, process in enumerate(members.values()):
+            os.sched_setaffinity(process.process.pid, {cores[i % len(cores)]})
     gateway = start_gateway(endpoints, strategy="union", member_timeout=args.member_timeout)
     gateway_url = gateway.wait_url()
     print(f"servers up in {time.perf_counter() - started:.1f} s\n")
