@@ -128,9 +128,9 @@ def _record_failure(project, run_id: str, exc: Exception) -> None:
 
 
 def _report(result, runner, project, json_output: bool) -> None:
-    from fanflow.results import Run
     from fanflow.stores.artifacts import ArtifactStore
     from fanflow.stores.values import locations
+    from fanflow.vocab.manifest import SUMMARY_KEY
     from fanflow.vocab.states import OK
 
     artifacts = ArtifactStore(project.artifacts_url)
@@ -143,7 +143,13 @@ def _report(result, runner, project, json_output: bool) -> None:
         if outputs:
             fanned = bool(runner.plan.steps[name].step.fan_out)
             results[name] = outputs if fanned else outputs[0]
-    summaries = Run.read(project, result.run_id).summaries()
+    # Reading the run back costs a pass over every task row: only a run that has summaries pays it.
+    wants_summary = any(isinstance(t.output, dict) and SUMMARY_KEY in t.output for t in tasks.values() if t.state in OK)
+    summaries = {}
+    if wants_summary:
+        from fanflow.results import Run
+
+        summaries = Run.read(project, result.run_id).summaries()
     if json_output:
         print(
             json.dumps(
@@ -162,10 +168,11 @@ def _report(result, runner, project, json_output: bool) -> None:
             )
         )
         return
-    from rich.markdown import Markdown
+    if summaries:
+        from rich.markdown import Markdown
 
-    for text in summaries.values():
-        out.print(Markdown(text))
+        for text in summaries.values():
+            out.print(Markdown(text))
     for name, value in results.items():
         if _show_report(name, value):
             continue
