@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 
-import sqlalchemy as sa
-
-from fanflow.stores.schema import artifacts, attempts, cache, lineage, runs, tasks
+from fanflow.stores import plain_sqlite
 from fanflow.vocab.manifest import ARTIFACT_KEY, artifact_refs
 from fanflow.vocab.states import TERMINAL, Event, State
 
-LOOKUP_CHUNK = 256  # cache keys looked up by one statement
+LOOKUP_CHUNK = plain_sqlite.LOOKUP_CHUNK
 
 
 # The columns a task row is written with; an update sets the same ones (``started`` and
@@ -33,8 +31,36 @@ _ATTEMPT_COLUMNS = ("run_id", "task", "attempt", "state", "started", "ended", "e
                     "traceback", "worker")
 
 
+RUN_COLUMNS = ("id", "workflow", "source", "spec", "params", "code_version", "executor", "home", "state",
+               "started", "heartbeat", "host", "pid", "resumed_from")  # a run's row as ``begin`` writes it
+PROGRESS_COLUMNS = ("run_id", "task", "attempt", "done", "total", "unit", "metrics", "message", "history",
+                    "updated")
+
+
 def statement_for(name: str, dialect_name: str):
     """The statement behind each kind of row, with its parameters named in row order."""
+    import sqlalchemy as sa
+
+    from fanflow.stores.schema import artifacts, attempts, cache, leases, lineage, progress, runs, tasks
+
+    if name == "run_new":
+        return runs.insert().values({c: sa.bindparam(f"p_{c}") for c in RUN_COLUMNS}), [f"p_{c}" for c in RUN_COLUMNS]
+    if name == "run_end":
+        values = {c: sa.bindparam(f"p_{c}") for c in ("state", "error", "ended")}
+        statement = runs.update().where(runs.c.id == sa.bindparam("p_run")).values(values)
+        return statement, ["p_state", "p_error", "p_ended", "p_run"]
+    if name == "lease_end":
+        return leases.delete().where(leases.c.owner == sa.bindparam("p_owner")), ["p_owner"]
+    if name == "task_count":
+        statement = sa.select(sa.func.count()).select_from(tasks).where(tasks.c.run_id == sa.bindparam("p_run"))
+        return statement, ["p_run"]
+    if name == "progress_drop":
+        statement = progress.delete().where(progress.c.run_id == sa.bindparam("p_run"),
+                                            progress.c.task == sa.bindparam("p_task"))
+        return statement, ["p_run", "p_task"]
+    if name == "progress_new":
+        statement = progress.insert().values({c: sa.bindparam(f"p_{c}") for c in PROGRESS_COLUMNS})
+        return statement, [f"p_{c}" for c in PROGRESS_COLUMNS]
     if name == "task_new":
         columns = [*_INSERT_KEYS, *TASK_FIELDS]
         return tasks.insert().values({c: sa.bindparam(f"p_{c}") for c in columns}), [f"p_{c}" for c in columns]
@@ -72,9 +98,14 @@ def statement_for(name: str, dialect_name: str):
 
 class Statement:
     """One statement compiled once for one database: rows are tuples in the statement's
-    parameter order, turned into what the driver's paramstyle wants."""
+    parameter order, turned into what the driver's paramstyle wants. On SQLite the text is
+    ``plain_sqlite``'s, with no SQLAlchemy to import; elsewhere SQLAlchemy compiles it."""
 
-    def __init__(self, name: str, dialect):
+    def __init__(self, name: str, dialect=None):
+        self._convert = self._named = None
+        if dialect is None:
+            self.sql = plain_sqlite.STATEMENTS[name]
+            return
         statement, names = statement_for(name, dialect.name)
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
@@ -82,9 +113,7 @@ class Statement:
             where = {n: i for i, n in enumerate(names)}
             order = [where[n] for n in compiled.positiontup]
             self._convert = None if order == list(range(len(names))) else order
-            self._named = None
         else:
-            self._convert = None
             self._named = names
 
     def params(self, rows: list[tuple]) -> list:

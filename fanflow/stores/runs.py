@@ -22,23 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from fanflow.stores import dbfile
+from fanflow.stores import dbfile, plain_sqlite
 from fanflow.stores.errors import AmbiguousRun, RunLeased, RunNotFound
-from fanflow.stores.recording import LOOKUP_CHUNK, EventRows, Statement
-from fanflow.stores.schema import (
-    artifacts,
-    attempts,
-    cache,
-    leases,
-    lineage,
-    meta_table,
-    migrate,
-    runs,
-    tasks,
-)
-from fanflow.stores.schema import progress as progress_table
+from fanflow.stores.recording import LOOKUP_CHUNK, PROGRESS_COLUMNS, RUN_COLUMNS, EventRows, Statement
+from fanflow.vocab.imports import LazyModule
 from fanflow.vocab.manifest import ARTIFACT_KEY, artifact_refs
 from fanflow.vocab.progress import Progress
 from fanflow.vocab.states import Event
@@ -47,18 +34,17 @@ HEARTBEAT_EVERY = 2.0  # seconds between a live engine's heartbeats
 STALE_AFTER = 30.0  # a "running" run with no heartbeat for this long was interrupted
 RUN_SORTS = ("started", "duration", "workflow", "state", "id")
 
+# Imported when first used: a run on the default SQLite store needs neither (see plain_sqlite).
+sa = LazyModule("sqlalchemy")
+schema = LazyModule("fanflow.stores.schema")
+
 
 def default_url(home: str | os.PathLike) -> str:
     return os.environ.get("FANFLOW_DB") or f"sqlite:///{os.path.abspath(os.path.join(home, 'runs.db'))}"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
-    cursor.execute("PRAGMA busy_timeout=30000")  # two engines on one file wait, never fail
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+    plain_sqlite.set_pragmas(dbapi_conn)
 
 
 @dataclass
@@ -99,23 +85,31 @@ def _engine(url: str) -> sa.Engine:
 
 def create_store(url: str) -> None:
     """Create (or bring up to date) the tables of a run store at ``url``."""
+    path = dbfile.sqlite_file(url)
+    if path is not None and not path.exists():
+        plain_sqlite.create(path)
+        return
     engine = _engine(url)
     try:
-        migrate(engine, url)
+        schema.migrate(engine, url)
     finally:
         engine.dispose()
 
 
 class RunStore:
+    """The run store at ``url``. On the default SQLite file, what a run writes goes through
+    ``sqlite3`` and the statements of ``plain_sqlite``; SQLAlchemy (``engine``) is made, and
+    imported, when something first asks a question of the store."""
+
     def __init__(self, url: str):
         self.url = url
-        path = dbfile.sqlite_file(url)
-        if path is not None:
-            if path.exists():
-                dbfile.refuse_if_foreign(path)
+        self._file = dbfile.sqlite_file(url)
+        if self._file is not None:
+            if self._file.exists():
+                dbfile.refuse_if_foreign(self._file)
             else:
-                dbfile.create_whole(path, create_store)
-        self.engine = _engine(url)
+                dbfile.create_whole(self._file, create_store)
+        self._engine: sa.Engine | None = None
         self._conn: sa.Connection | None = None
         self._last_beat = 0.0
         self._seq: dict[str, int] = {}
@@ -126,9 +120,22 @@ class RunStore:
         self._keepalive: tuple[threading.Thread, threading.Event] | None = None
         self._migrate()
 
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = _engine(self.url)
+        return self._engine
+
     # -- schema -------------------------------------------------------------------------
     def _migrate(self) -> None:
-        migrate(self.engine, self.url)
+        if self._file is not None:
+            try:
+                current = plain_sqlite.version(self._raw_connection())
+            except Exception as exc:
+                raise self._plain(exc) from None
+            if current == plain_sqlite.SCHEMA_VERSION:
+                return
+        schema.migrate(self.engine, self.url)
 
     def _plain(self, exc: BaseException) -> BaseException:
         """A database failure as the store's own error (see ``dbfile.failure``)."""
@@ -138,14 +145,15 @@ class RunStore:
         with self.engine.connect() as conn:
             return int(
                 conn.execute(
-                    sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                    sa.select(schema.meta_table.c.value).where(schema.meta_table.c.key == "schema_version")
                 ).scalar_one()
             )
 
     def close(self) -> None:
         self._stop_keepalive()
         self._release_connections()
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def _release_connections(self) -> None:
         if self._conn is not None:
@@ -164,27 +172,15 @@ class RunStore:
     def begin(self, run) -> None:
         spec = run.workflow.model_dump(mode="json", by_alias=True, exclude_none=True)
         spec["import_paths"] = run.workflow.import_paths  # where sub-workflows' modules live
-        with self.engine.begin() as conn:
-            if run.resumed_from:
+        row = (run.run_id, run.workflow.name, run.workflow.source, json.dumps(spec),
+               json.dumps(run.params, default=str), _code_version(run.workflow.source), run.executor, run.home,
+               "running", run.started, time.time(), socket.gethostname(), os.getpid(), run.resumed_from)
+        if run.resumed_from:
+            with self.engine.begin() as conn:  # the lease and the run's row in one transaction
                 self._claim(conn, run.resumed_from, run.run_id)
-            conn.execute(
-                runs.insert().values(
-                    id=run.run_id,
-                    workflow=run.workflow.name,
-                    source=run.workflow.source,
-                    spec=json.dumps(spec),
-                    params=json.dumps(run.params, default=str),
-                    code_version=_code_version(run.workflow.source),
-                    executor=run.executor,
-                    home=run.home,
-                    state="running",
-                    started=run.started,
-                    heartbeat=time.time(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    resumed_from=run.resumed_from,
-                )
-            )
+                conn.execute(schema.runs.insert().values(dict(zip(RUN_COLUMNS, row, strict=True))))
+        else:
+            self._write([("run_new", [row])])
         self._start_keepalive(run.run_id)
 
     def _claim(self, conn, target: str, owner: str) -> None:
@@ -194,16 +190,16 @@ class RunStore:
         mine = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "taken": time.time()}
         if _claim_new(conn, target, mine):
             return
-        held = conn.execute(sa.select(leases).where(leases.c.run_id == target)).mappings().one()
-        holder = conn.execute(sa.select(runs).where(runs.c.id == held["owner"])).mappings().first()
+        held = conn.execute(sa.select(schema.leases).where(schema.leases.c.run_id == target)).mappings().one()
+        holder = conn.execute(sa.select(schema.runs).where(schema.runs.c.id == held["owner"])).mappings().first()
         if holder is not None and holder["state"] == "running" and not self._is_dead(holder):
             raise RunLeased(
                 f"run {target} is already being continued by run {held['owner']} (pid {held['pid']} "
                 f"on {held['host']}): wait for it to end, or stop it first"
             )
         taken = conn.execute(
-            leases.update()
-            .where(leases.c.run_id == target, leases.c.owner == held["owner"])
+            schema.leases.update()
+            .where(schema.leases.c.run_id == target, schema.leases.c.owner == held["owner"])
             .values(**mine)
         )
         if taken.rowcount != 1:
@@ -212,8 +208,8 @@ class RunStore:
     def lease_holder(self, target: str) -> RunRow | None:
         """The live run that holds the lease on ``target``, if any."""
         with self.engine.connect() as conn:
-            owner = conn.execute(sa.select(leases.c.owner).where(leases.c.run_id == target)).scalar()
-            row = conn.execute(sa.select(runs).where(runs.c.id == owner)).mappings().first() if owner else None
+            owner = conn.execute(sa.select(schema.leases.c.owner).where(schema.leases.c.run_id == target)).scalar()
+            row = conn.execute(sa.select(schema.runs).where(schema.runs.c.id == owner)).mappings().first() if owner else None
         if row is None or row["state"] != "running" or self._is_dead(row):
             return None
         return self._run_row(row)
@@ -257,18 +253,23 @@ class RunStore:
         if ending:
             rows.unwritten()
         self._seq[run_id] = rows.seq
-        raw = self._raw_connection()
+        batches = list(rows.in_order())
+        now = time.time()
+        if now - self._last_beat > HEARTBEAT_EVERY:
+            self._last_beat = now
+            batches.append(("heartbeat", [(now, run_id)]))
+        self._write(batches)
+
+    def _write(self, batches: Iterable[tuple[str, list[tuple]]], raw=None) -> None:
+        """Run each named statement over its rows (``executemany``), all in one transaction,
+        committed before returning; a failure is the store's own error."""
+        raw = raw or self._raw_connection()
         cursor = raw.cursor()
         try:
-            for name, params in rows.in_order():
+            for name, params in batches:
                 if params:
                     statement = self._prepared(name)
                     cursor.executemany(statement.sql, statement.params(params))
-            now = time.time()
-            if now - self._last_beat > HEARTBEAT_EVERY:
-                self._last_beat = now
-                beat = self._prepared("heartbeat")
-                cursor.execute(beat.sql, beat.params([(now, run_id)])[0])
             raw.commit()
         except BaseException as exc:
             with contextlib.suppress(Exception):  # a damaged or full database may refuse this too
@@ -281,31 +282,49 @@ class RunStore:
             cursor.close()
 
     def _raw_connection(self):
+        """The DB-API connection that a run's writes and the cache's lookups go through."""
         if self._raw is None:
-            self._raw = self.engine.raw_connection()
+            self._raw = self._new_raw_connection()
         return self._raw
+
+    def _new_raw_connection(self):
+        if self._file is not None:
+            return plain_sqlite.connect(self._file)
+        return self.engine.raw_connection()
 
     def _prepared(self, name: str) -> Statement:
         statement = self._statements.get(name)
         if statement is None:
-            statement = self._statements[name] = Statement(name, self.engine.dialect)
+            dialect = None if self._file is not None else self.engine.dialect
+            statement = self._statements[name] = Statement(name, dialect)
         return statement
 
     def _next_seq(self, run_id: str) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).select_from(tasks).where(tasks.c.run_id == run_id)
-            ).scalar_one()
+        statement = self._prepared("task_count")
+        raw = self._raw_connection()
+        cursor = raw.cursor()
+        try:
+            cursor.execute(statement.sql, statement.params([(run_id,)])[0])
+            count = cursor.fetchone()[0]
+            raw.commit()
+        except Exception as exc:
+            raise self._plain(exc) from None
+        finally:
+            cursor.close()
+        return count
 
     def heartbeat(self, run_id: str, own_connection: bool = False) -> None:
+        """Say that the run's engine lives; ``own_connection`` for a thread other than the one
+        that records the run."""
         now = time.time()
         if own_connection:
-            with self.engine.begin() as conn:
-                conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
+            raw = self._new_raw_connection()
+            try:
+                self._write([("heartbeat", [(now, run_id)])], raw)
+            finally:
+                raw.close()
         else:
-            conn = self._connection()
-            with conn.begin():
-                conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
+            self._write([("heartbeat", [(now, run_id)])])
         self._last_beat = now
 
     def finish(self, run_id: str, state: str, error: str | None, ended: float) -> None:
@@ -314,11 +333,7 @@ class RunStore:
             self.record(run_id, [], ending=True)
         self._waiting.pop(run_id, None)
         self._started.pop(run_id, None)
-        with self.engine.begin() as conn:
-            conn.execute(
-                runs.update().where(runs.c.id == run_id).values(state=state, error=error, ended=ended)
-            )
-            conn.execute(leases.delete().where(leases.c.owner == run_id))
+        self._write([("run_end", [(state, error, ended, run_id)]), ("lease_end", [(run_id,)])])
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -354,7 +369,7 @@ class RunStore:
         keys = list(keys)
         with self.engine.begin() as conn:
             for start in range(0, len(keys), 500):
-                conn.execute(cache.delete().where(cache.c.key.in_(keys[start : start + 500])))
+                conn.execute(schema.cache.delete().where(schema.cache.c.key.in_(keys[start : start + 500])))
 
     # -- reading ------------------------------------------------------------------------
     def find_run(self, ref: str) -> RunRow:
@@ -362,22 +377,22 @@ class RunStore:
         RunNotFound, or AmbiguousRun listing the runs a prefix matches."""
         with self.engine.connect() as conn:
             if ref == "latest":
-                row = conn.execute(sa.select(runs).order_by(runs.c.started.desc()).limit(1)).mappings().first()
+                row = conn.execute(sa.select(schema.runs).order_by(schema.runs.c.started.desc()).limit(1)).mappings().first()
                 if row is None:
                     raise RunNotFound(f"no runs yet in {self._where()}")
                 return self._run_row(row)
-            row = conn.execute(sa.select(runs).where(runs.c.id == ref)).mappings().first()
+            row = conn.execute(sa.select(schema.runs).where(schema.runs.c.id == ref)).mappings().first()
             if row is not None:
                 return self._run_row(row)
             pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             rows = conn.execute(
-                sa.select(runs.c.id, runs.c.workflow, runs.c.state)
-                .where(runs.c.id.like(pattern, escape="\\"))
-                .order_by(runs.c.started.desc())
+                sa.select(schema.runs.c.id, schema.runs.c.workflow, schema.runs.c.state)
+                .where(schema.runs.c.id.like(pattern, escape="\\"))
+                .order_by(schema.runs.c.started.desc())
                 .limit(11)
             ).all()
             if len(rows) == 1:
-                row = conn.execute(sa.select(runs).where(runs.c.id == rows[0].id)).mappings().first()
+                row = conn.execute(sa.select(schema.runs).where(schema.runs.c.id == rows[0].id)).mappings().first()
                 return self._run_row(row)
         if not rows:
             raise RunNotFound(f"no run {ref!r} in {self._where()} (see: fanflow runs)")
@@ -401,9 +416,9 @@ class RunStore:
         return str(dbfile.sqlite_file(self.url) or self.url.split("@")[-1])
 
     def list_runs(self, limit: int = 20, workflow: str | None = None) -> list[RunRow]:
-        query = sa.select(runs).order_by(runs.c.started.desc()).limit(limit)
+        query = sa.select(schema.runs).order_by(schema.runs.c.started.desc()).limit(limit)
         if workflow:
-            query = query.where(runs.c.workflow == workflow)
+            query = query.where(schema.runs.c.workflow == workflow)
         with self.engine.connect() as conn:
             return [self._run_row(r) for r in conn.execute(query).mappings()]
 
@@ -424,28 +439,28 @@ class RunStore:
         error, or only the runs ``ids``; sorted by ``sort`` (one of ``RUN_SORTS``)."""
         if sort not in RUN_SORTS:
             raise ValueError(f"cannot sort runs by {sort!r} (expected one of {', '.join(RUN_SORTS)})")
-        query = sa.select(runs)
+        query = sa.select(schema.runs)
         if ids is not None:
-            query = query.where(runs.c.id.in_(list(ids)))
+            query = query.where(schema.runs.c.id.in_(list(ids)))
         if workflow:
-            query = query.where(runs.c.workflow == workflow)
+            query = query.where(schema.runs.c.workflow == workflow)
         states = set(states)
         if states:
             stored = states - {"interrupted"} | ({"running"} if "interrupted" in states else set())
-            query = query.where(runs.c.state.in_(sorted(stored)))
+            query = query.where(schema.runs.c.state.in_(sorted(stored)))
         if text:
             pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(sa.or_(*(column.like(pattern, escape="\\") for column in
-                                         (runs.c.id, runs.c.workflow, runs.c.params, runs.c.error))))
+                                         (schema.runs.c.id, schema.runs.c.workflow, schema.runs.c.params, schema.runs.c.error))))
         key = {
-            "started": runs.c.started,
-            "duration": sa.func.coalesce(runs.c.ended, sa.func.coalesce(runs.c.heartbeat, runs.c.started))
-            - runs.c.started,
-            "workflow": runs.c.workflow,
-            "state": runs.c.state,
-            "id": runs.c.id,
+            "started": schema.runs.c.started,
+            "duration": sa.func.coalesce(schema.runs.c.ended, sa.func.coalesce(schema.runs.c.heartbeat, schema.runs.c.started))
+            - schema.runs.c.started,
+            "workflow": schema.runs.c.workflow,
+            "state": schema.runs.c.state,
+            "id": schema.runs.c.id,
         }[sort]
-        query = query.order_by(key.desc() if descending else key.asc(), runs.c.started.desc())
+        query = query.order_by(key.desc() if descending else key.asc(), schema.runs.c.started.desc())
         with self.engine.connect() as conn:
             found = [self._run_row(r) for r in conn.execute(query.limit(None if states else limit)
                                                             .offset(0 if states else offset)).mappings()]
@@ -455,8 +470,8 @@ class RunStore:
 
     def runs_changed_since(self, since: float) -> list[RunRow]:
         """Runs started or ended since ``since``, and every run still recorded as running."""
-        query = sa.select(runs).where(
-            sa.or_(runs.c.state == "running", runs.c.started >= since, runs.c.ended >= since)
+        query = sa.select(schema.runs).where(
+            sa.or_(schema.runs.c.state == "running", schema.runs.c.started >= since, schema.runs.c.ended >= since)
         )
         with self.engine.connect() as conn:
             return [self._run_row(r) for r in conn.execute(query).mappings()]
@@ -464,9 +479,9 @@ class RunStore:
     def workflow_sources(self) -> list[tuple[str, str]]:
         """(workflow, source file) of every workflow run from a file, most recent first."""
         query = (
-            sa.select(runs.c.workflow, runs.c.source, sa.func.max(runs.c.started).label("last"))
-            .where(runs.c.source.is_not(None))
-            .group_by(runs.c.workflow, runs.c.source)
+            sa.select(schema.runs.c.workflow, schema.runs.c.source, sa.func.max(schema.runs.c.started).label("last"))
+            .where(schema.runs.c.source.is_not(None))
+            .group_by(schema.runs.c.workflow, schema.runs.c.source)
             .order_by(sa.desc("last"))
         )
         with self.engine.connect() as conn:
@@ -478,9 +493,9 @@ class RunStore:
         with self.engine.connect() as conn:
             for start in range(0, len(run_ids), 500):
                 query = (
-                    sa.select(tasks.c.run_id, tasks.c.state, sa.func.count())
-                    .where(tasks.c.run_id.in_(run_ids[start : start + 500]))
-                    .group_by(tasks.c.run_id, tasks.c.state)
+                    sa.select(schema.tasks.c.run_id, schema.tasks.c.state, sa.func.count())
+                    .where(schema.tasks.c.run_id.in_(run_ids[start : start + 500]))
+                    .group_by(schema.tasks.c.run_id, schema.tasks.c.state)
                 )
                 for run_id, state, count in conn.execute(query):
                     found[run_id][state] = count
@@ -493,24 +508,24 @@ class RunStore:
         those that may have changed since then: created after the first ``created`` tasks,
         started or ended since, or in a state that moves on without a time (running,
         retrying, serving). With ``cached``, only those reused (or not)."""
-        columns = (tasks.c.name, tasks.c.step, tasks.c.state, tasks.c.attempts, tasks.c.started,
-                   tasks.c.ended, tasks.c.cached)
-        query = sa.select(*columns).where(tasks.c.run_id == run_id)
+        columns = (schema.tasks.c.name, schema.tasks.c.step, schema.tasks.c.state, schema.tasks.c.attempts, schema.tasks.c.started,
+                   schema.tasks.c.ended, schema.tasks.c.cached)
+        query = sa.select(*columns).where(schema.tasks.c.run_id == run_id)
         if since is not None:
-            query = query.where(sa.or_(tasks.c.seq >= created, tasks.c.state.in_(["running", "retrying", "serving"]),
-                                       tasks.c.started >= since, tasks.c.ended >= since))
+            query = query.where(sa.or_(schema.tasks.c.seq >= created, schema.tasks.c.state.in_(["running", "retrying", "serving"]),
+                                       schema.tasks.c.started >= since, schema.tasks.c.ended >= since))
         if cached is not None:
-            query = query.where(tasks.c.cached == cached)
+            query = query.where(schema.tasks.c.cached == cached)
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query.order_by(tasks.c.seq))]
+            return [tuple(r) for r in conn.execute(query.order_by(schema.tasks.c.seq))]
 
     def attempt_spans(self, run_id: str, since: float | None = None) -> list[tuple]:
         """A run's attempts as (task, attempt, worker, started, ended, state), oldest first;
         with ``since``, only those still going or that started or ended since then."""
-        query = sa.select(attempts.c.task, attempts.c.attempt, attempts.c.worker, attempts.c.started,
-                          attempts.c.ended, attempts.c.state).where(attempts.c.run_id == run_id)
+        query = sa.select(schema.attempts.c.task, schema.attempts.c.attempt, schema.attempts.c.worker, schema.attempts.c.started,
+                          schema.attempts.c.ended, schema.attempts.c.state).where(schema.attempts.c.run_id == run_id)
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(_since(query, since).order_by(attempts.c.started))]
+            return [tuple(r) for r in conn.execute(_since(query, since).order_by(schema.attempts.c.started))]
 
     def _run_row(self, row) -> RunRow:
         state = row["state"]
@@ -562,25 +577,25 @@ class RunStore:
         """A run's tasks in creation order: all of them, or one step's, only those named,
         only those in ``states``, a page of them; ``notable`` keeps only the tasks that did not
         simply succeed on their first attempt."""
-        query = sa.select(tasks).where(tasks.c.run_id == run_id)
+        query = sa.select(schema.tasks).where(schema.tasks.c.run_id == run_id)
         if step is not None:
-            query = query.where(tasks.c.step == step)
+            query = query.where(schema.tasks.c.step == step)
         if names is not None:
-            query = query.where(tasks.c.name.in_(list(names)))
+            query = query.where(schema.tasks.c.name.in_(list(names)))
         if states:
-            query = query.where(tasks.c.state.in_(list(states)))
+            query = query.where(schema.tasks.c.state.in_(list(states)))
         if notable:
-            query = query.where(sa.or_(tasks.c.state != "succeeded", tasks.c.attempts > 1))
-        query = query.order_by(tasks.c.seq).limit(limit).offset(offset or None)
+            query = query.where(sa.or_(schema.tasks.c.state != "succeeded", schema.tasks.c.attempts > 1))
+        query = query.order_by(schema.tasks.c.seq).limit(limit).offset(offset or None)
         with self.engine.connect() as conn:
             return [_task_dict(r) for r in conn.execute(query).mappings()]
 
     def step_counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """How many of each step's tasks are in each state, steps in the order they started."""
         query = (
-            sa.select(tasks.c.step, tasks.c.state, sa.func.count(), sa.func.min(tasks.c.seq))
-            .where(tasks.c.run_id == run_id)
-            .group_by(tasks.c.step, tasks.c.state)
+            sa.select(schema.tasks.c.step, schema.tasks.c.state, sa.func.count(), sa.func.min(schema.tasks.c.seq))
+            .where(schema.tasks.c.run_id == run_id)
+            .group_by(schema.tasks.c.step, schema.tasks.c.state)
         )
         with self.engine.connect() as conn:
             rows = sorted(conn.execute(query), key=lambda row: row[3])
@@ -592,41 +607,39 @@ class RunStore:
     def attempts(self, run_id: str, task: str | None = None, since: float | None = None) -> list[dict]:
         """A run's attempts (or one task's), oldest first; with ``since``, only those still
         going or that started or ended since then."""
-        query = sa.select(attempts).where(attempts.c.run_id == run_id)
+        query = sa.select(schema.attempts).where(schema.attempts.c.run_id == run_id)
         if task:
-            query = query.where(attempts.c.task == task)
+            query = query.where(schema.attempts.c.task == task)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(_since(query, since).order_by(attempts.c.started)).mappings()]
+            return [dict(r) for r in conn.execute(_since(query, since).order_by(schema.attempts.c.started)).mappings()]
 
     def lineage(self, run_id: str) -> list[dict]:
         with self.engine.connect() as conn:
             return [
-                dict(r) for r in conn.execute(sa.select(lineage).where(lineage.c.run_id == run_id)).mappings()
+                dict(r) for r in conn.execute(sa.select(schema.lineage).where(schema.lineage.c.run_id == run_id)).mappings()
             ]
 
     # -- progress (what running tasks report) --------------------------------------------
     def record_progress(self, run_id: str, progress: list[tuple[str, Progress]]) -> None:
         """Keep the latest progress of these tasks, each replacing what the task had (a row
         per task), in one transaction."""
-        names = [task for task, _ in progress]
-        table = progress_table
-        with self.engine.begin() as conn:
-            for first in range(0, len(names), 500):
-                chunk = names[first : first + 500]
-                conn.execute(table.delete().where(table.c.run_id == run_id, table.c.task.in_(chunk)))
-            conn.execute(table.insert(), [{"run_id": run_id, "task": task, **p.columns()} for task, p in progress])
+        rows = []
+        for task, p in progress:
+            columns = {"run_id": run_id, "task": task, **p.columns()}
+            rows.append(tuple(columns[c] for c in PROGRESS_COLUMNS))
+        self._write([("progress_drop", [(run_id, task) for task, _ in progress]), ("progress_new", rows)])
 
     def progress(self, run_id: str, task: str | None = None) -> dict[str, Progress]:
         """The latest progress that a run's tasks (or one task) reported, by task."""
-        query = sa.select(progress_table).where(progress_table.c.run_id == run_id)
+        query = sa.select(schema.progress).where(schema.progress.c.run_id == run_id)
         if task is not None:
-            query = query.where(progress_table.c.task == task)
+            query = query.where(schema.progress.c.task == task)
         with self.engine.connect() as conn:
             return {row["task"]: Progress.from_columns(row) for row in conn.execute(query).mappings()}
 
     def task_state(self, run_id: str, name: str) -> tuple[str, int] | None:
         """One task's state and number of attempts, or None if the run has no such task."""
-        query = sa.select(tasks.c.state, tasks.c.attempts).where(tasks.c.run_id == run_id, tasks.c.name == name)
+        query = sa.select(schema.tasks.c.state, schema.tasks.c.attempts).where(schema.tasks.c.run_id == run_id, schema.tasks.c.name == name)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return (row[0], row[1]) if row else None
@@ -634,13 +647,13 @@ class RunStore:
     def mark_interrupted(self, run_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.state == "running")
+                schema.runs.update()
+                .where(schema.runs.c.id == run_id, schema.runs.c.state == "running")
                 .values(state="interrupted", ended=time.time(), error="the engine stopped (killed?)")
             )
             conn.execute(
-                tasks.update()
-                .where(tasks.c.run_id == run_id, tasks.c.state.in_(["running", "pending", "retrying"]))
+                schema.tasks.update()
+                .where(schema.tasks.c.run_id == run_id, schema.tasks.c.state.in_(["running", "pending", "retrying"]))
                 .values(state="cancelled", reason="the engine stopped")
             )
 
@@ -648,12 +661,12 @@ class RunStore:
     def delete_runs(self, run_ids: list[str]) -> None:
         with self.engine.begin() as conn:
             for table, column in (
-                (progress_table, progress_table.c.run_id),
-                (lineage, lineage.c.run_id),
-                (attempts, attempts.c.run_id),
-                (tasks, tasks.c.run_id),
-                (cache, cache.c.run_id),
-                (runs, runs.c.id),
+                (schema.progress, schema.progress.c.run_id),
+                (schema.lineage, schema.lineage.c.run_id),
+                (schema.attempts, schema.attempts.c.run_id),
+                (schema.tasks, schema.tasks.c.run_id),
+                (schema.cache, schema.cache.c.run_id),
+                (schema.runs, schema.runs.c.id),
             ):
                 conn.execute(table.delete().where(column.in_(run_ids)))
 
@@ -661,15 +674,15 @@ class RunStore:
         """Every artifact a remaining run or cache entry points to."""
         digests: set[str] = set()
         with self.engine.connect() as conn:
-            digests |= {r[0] for r in conn.execute(sa.select(lineage.c.digest).distinct())}
-            for (output,) in conn.execute(sa.select(cache.c.output)):
+            digests |= {r[0] for r in conn.execute(sa.select(schema.lineage.c.digest).distinct())}
+            for (output,) in conn.execute(sa.select(schema.cache.c.output)):
                 digests |= {ref[ARTIFACT_KEY] for ref in artifact_refs(json.loads(output))}
         return digests
 
     def cached_digests(self, exclude_runs: set[str] = frozenset()) -> set[str]:
         digests: set[str] = set()
         with self.engine.connect() as conn:
-            for run_id, output in conn.execute(sa.select(cache.c.run_id, cache.c.output)):
+            for run_id, output in conn.execute(sa.select(schema.cache.c.run_id, schema.cache.c.output)):
                 if run_id not in exclude_runs:
                     digests |= {ref[ARTIFACT_KEY] for ref in artifact_refs(json.loads(output))}
         return digests
@@ -678,7 +691,7 @@ class RunStore:
         digests = list(digests)
         with self.engine.begin() as conn:
             for start in range(0, len(digests), 500):
-                conn.execute(artifacts.delete().where(artifacts.c.digest.in_(digests[start : start + 500])))
+                conn.execute(schema.artifacts.delete().where(schema.artifacts.c.digest.in_(digests[start : start + 500])))
 
 
 def _claim_new(conn, target: str, mine: dict) -> bool:
@@ -686,10 +699,10 @@ def _claim_new(conn, target: str, mine: dict) -> bool:
     name = conn.dialect.name
     if name in ("sqlite", "postgresql"):
         insert = __import__(f"sqlalchemy.dialects.{name}", fromlist=["insert"]).insert
-        return conn.execute(insert(leases).values(run_id=target, **mine).on_conflict_do_nothing()).rowcount == 1
+        return conn.execute(insert(schema.leases).values(run_id=target, **mine).on_conflict_do_nothing()).rowcount == 1
     try:
         with conn.begin_nested():
-            conn.execute(leases.insert().values(run_id=target, **mine))
+            conn.execute(schema.leases.insert().values(run_id=target, **mine))
     except sa.exc.IntegrityError:
         return False
     return True
@@ -699,7 +712,7 @@ def _since(query, since: float | None):
     """Only the attempts still going, or that started or ended since ``since``."""
     if since is None:
         return query
-    return query.where(sa.or_(attempts.c.ended.is_(None), attempts.c.ended >= since, attempts.c.started >= since))
+    return query.where(sa.or_(schema.attempts.c.ended.is_(None), schema.attempts.c.ended >= since, schema.attempts.c.started >= since))
 
 
 def _task_dict(row) -> dict:

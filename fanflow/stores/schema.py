@@ -8,8 +8,7 @@ import time
 import sqlalchemy as sa
 
 from fanflow.stores.errors import RunStoreError
-
-SCHEMA_VERSION = 3
+from fanflow.stores.plain_sqlite import SCHEMA_VERSION  # this version's schema as SQLite text is there too
 
 metadata = sa.MetaData()
 

@@ -86,3 +86,15 @@ def _shipped(name: str, digest: str, read_shipped: Callable[[str], str] | None) 
         del sys.modules[name]
         raise
     return module
+
+
+class LazyModule:
+    """A module imported when one of its attributes is first read: for a heavy dependency
+    that only some paths through a module need (SQLAlchemy, for a run store that is not the
+    default SQLite file)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
