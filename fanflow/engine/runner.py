@@ -18,8 +18,10 @@ import os
 import re
 import secrets
 import signal
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -510,7 +512,7 @@ class LightSteps:
         self.steps: frozenset[str] = frozenset()
         self.shares: dict[str, int] = {}  # light step -> tasks admitted per core
         self._max_share = max(self.MIN_SHARE, window // 2)
-        self._seen: dict[str, list[float]] = {}
+        self._seen: dict[str, deque[float]] = {}  # step -> how long its latest tasks took
 
     def observe(self, step: str, result: TaskResult) -> None:
         if step in self.steps or result.started is None or result.ended is None:
@@ -518,14 +520,14 @@ class LightSteps:
         spec = self.plan.steps[step].step
         if spec.timeout or spec.kind != "task" or spec.executor != "process" or not spec.fan_out:
             return
-        seen = self._seen.setdefault(step, [0, 0, 0.0])
-        took = max(result.ended - result.started, 0.0)
-        seen[0] += 1
-        seen[1] += took < self.FAST
-        seen[2] += took
-        if seen[0] >= self.SAMPLES and seen[1] >= 0.9 * seen[0]:
-            mean = max(seen[2] / seen[0], 1e-6)
-            self.shares[step] = max(self.MIN_SHARE, min(self._max_share, int(self.QUEUED / mean)))
+        seen = self._seen.get(step)
+        if seen is None:
+            seen = self._seen[step] = deque(maxlen=self.SAMPLES)
+        seen.append(max(result.ended - result.started, 0.0))
+        if len(seen) == self.SAMPLES and sum(took < self.FAST for took in seen) >= 0.9 * self.SAMPLES:
+            # The median: a worker's first task of a step also imports the step's module.
+            typical = max(statistics.median(seen), 1e-6)
+            self.shares[step] = max(self.MIN_SHARE, min(self._max_share, int(self.QUEUED / typical)))
             self.steps = self.steps | {step}
 
 
