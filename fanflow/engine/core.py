@@ -49,7 +49,7 @@ from fanflow.engine.plan import Plan, StepPlan
 from fanflow.engine.quorum import Tally
 from fanflow.engine.resolve import ResolveError, descend, fan_out_axes
 from fanflow.spec import conditions
-from fanflow.spec.refs import ITEM, PARAMS, Ref, substitute
+from fanflow.spec.refs import ITEM, PARAMS, Ref, template
 from fanflow.vocab.states import OK, TERMINAL, Event, State
 
 MAX_BACKOFF = 300.0
@@ -97,12 +97,13 @@ class _Node:
 
 
 class _StepRun:
-    __slots__ = ("activated", "announced", "axes", "failed", "frontier", "lost", "name", "needs", "ok",
+    __slots__ = ("activated", "announced", "axes", "failed", "frontier", "inputs", "lost", "name", "needs", "ok",
                  "outcome", "plan", "queue", "running", "settled", "tasks", "waiting")
 
     def __init__(self, plan: StepPlan):
         self.plan = plan
         self.name = plan.name
+        self.inputs = template(plan.step.with_)  # a task's inputs, given how to look references up
         self.waiting = set(plan.upstream)  # upstream steps not settled yet
         self.tasks: list[_Node] | None = None
         self.axes: dict[str, list] | None = None  # a fan-out's axes, once known
@@ -236,7 +237,7 @@ class Scheduler:
                 if node.state is not State.PENDING:
                     continue
                 try:
-                    node.inputs = substitute(run.plan.step.with_, lambda ref, n=node, r=run: self._lookup(ref, n, r))
+                    node.inputs = run.inputs(lambda ref, n=node, r=run: self._lookup(ref, n, r))
                 except ResolveError as exc:
                     node.attempt += 1
                     self._final_failure(node, str(exc), now)

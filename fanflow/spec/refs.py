@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,25 +107,44 @@ def iter_refs(value: Any, where: tuple = ()) -> Iterator[tuple[Ref, tuple]]:
 def substitute(value: Any, lookup) -> Any:
     """Replace references in a nested value. ``lookup(ref)`` returns a referenced value; for a
     collecting reference it returns a list, which is spliced when it stands alone in a list."""
+    return template(value)(lookup)
+
+
+def template(value: Any) -> Callable[[Callable[[Ref], Any]], Any]:
+    """``substitute`` with the value read once: a function of ``lookup`` that builds the value
+    with its references replaced (new dicts and lists every time), for a step's ``with`` that
+    is resolved for each of its tasks."""
     if isinstance(value, str):
         if "${" not in value:
-            return value.replace("$${", "${")
+            text = value.replace("$${", "${")
+            return lambda lookup: text
         ref = whole_ref(value)
         if ref is not None:
-            return lookup(ref)
-        return _REF.sub(lambda m: _as_text(lookup(parse_ref(m.group(1)))), value).replace("$${", "${")
+            return lambda lookup: lookup(ref)
+        return lambda lookup: _REF.sub(lambda m: _as_text(lookup(parse_ref(m.group(1)))), value).replace("$${", "${")
     if isinstance(value, dict):
-        return {k: substitute(v, lookup) for k, v in value.items()}
+        parts = [(key, template(item)) for key, item in value.items()]
+        return lambda lookup: {key: part(lookup) for key, part in parts}
     if isinstance(value, list):
-        out = []
+        elements = []  # (spliced, what builds it)
         for item in value:
             ref = whole_ref(item) if isinstance(item, str) else None
             if ref is not None and ref.collect:
-                out.extend(lookup(ref))
+                elements.append((True, lambda lookup, ref=ref: lookup(ref)))
             else:
-                out.append(substitute(item, lookup))
-        return out
-    return value
+                elements.append((False, template(item)))
+
+        def build(lookup) -> list:
+            out = []
+            for spliced, part in elements:
+                if spliced:
+                    out.extend(part(lookup))
+                else:
+                    out.append(part(lookup))
+            return out
+
+        return build
+    return lambda lookup: value
 
 
 def _as_text(value: Any) -> str:
