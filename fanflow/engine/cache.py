@@ -69,12 +69,17 @@ class CodeHasher:
         self.steps = set(steps)
         self._modules: dict[str, _Module | None] = {}
         self._functions: dict[str, str] = {}
+        self._tasks: dict[tuple[str, tuple[str, ...]], str] = {}  # (uses, code named in inputs) -> digest
 
     def for_task(self, uses: str, inputs: Any) -> str:
-        parts = [uses, self.function(uses)]
-        for text in sorted(_code_strings(inputs)):
-            parts.append(f"{text}={self.function(text)}")
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        named = tuple(sorted(_code_strings(inputs)))
+        digest = self._tasks.get((uses, named))
+        if digest is None:  # the tasks of a step mostly name the same code: hashed once
+            parts = [uses, self.function(uses)]
+            for text in named:
+                parts.append(f"{text}={self.function(text)}")
+            digest = self._tasks[uses, named] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return digest
 
     def function(self, target: str) -> str:
         """The fingerprint of ``module:object`` and everything it needs."""
@@ -255,25 +260,28 @@ def _bound_names(statement: ast.stmt) -> set[str]:
     return found
 
 
-def _code_strings(value: Any):
+def _code_strings(value: Any, found: list[str] | None = None) -> list[str]:
+    """The ``module:object`` strings in a nested value."""
+    found = [] if found is None else found
     if isinstance(value, str):
         if _CODE_REF.match(value):
-            yield value
+            found.append(value)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _code_strings(v)
+            if not isinstance(v, int | float):
+                _code_strings(v, found)
     elif isinstance(value, list):
         for v in value:
-            yield from _code_strings(v)
+            if not isinstance(v, int | float):
+                _code_strings(v, found)
+    return found
+
+
+_encode_key = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode  # made once
 
 
 def cache_key(code: str, inputs: Any, resources: dict[str, Any] | None = None) -> str:
-    payload = json.dumps(
-        {"code": code, "inputs": inputs, "resources": resources},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
+    payload = _encode_key({"code": code, "inputs": inputs, "resources": resources})
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
