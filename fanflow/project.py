@@ -16,7 +16,7 @@ from typing import Any
 
 from fanflow.engine.cache import CodeHasher, StoreMemo
 from fanflow.engine.runner import Runner, RunResult
-from fanflow.executors import create_executor
+from fanflow.executors import Executor, create_executor
 from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
@@ -103,7 +103,7 @@ class Project:
         workflow: Workflow,
         *,
         params: dict[str, Any] | None = None,
-        executor: str = "local",
+        executor: str | Executor = "local",
         executor_options: dict[str, Any] | None = None,
         cache: bool = True,
         keep_services: bool = False,
@@ -130,7 +130,7 @@ class Project:
         )
         return Runner(
             workflow,
-            create_executor(executor, **(executor_options or {})),
+            create_executor(executor, **(executor_options or {})) if isinstance(executor, str) else executor,
             params=params,
             home=self.home,
             artifacts=self.artifacts_url,

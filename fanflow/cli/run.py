@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from fanflow.cli.common import HomeOption, err, escape, load, open_project, out, parse_params
+from fanflow.executors.base import Executor
 from fanflow.stores.errors import RunLeased, RunStoreError
 
 
@@ -42,23 +43,43 @@ def run(
     """Run a workflow and show every task as it goes."""
     from fanflow.spec.presets import apply_preset
 
-    spec = apply_preset(load(workflow, home), preset)
-    if preset is not None:
-        description = spec.presets[preset].description
-        err.print(f"[bold]preset {escape(preset)}[/]" + (f": {escape(description)}" if description else ""),
-                  markup=True, soft_wrap=True)
-    _execute(
-        spec,
-        parse_params(param),
-        executor=executor,
-        address=address,
-        cache=not no_cache,
-        serve=serve,
-        json_output=json_output,
-        out_dir=out_dir,
-        home=home,
-        ui_port=ui_port if ui else None,
-    )
+    with _early_workers(executor) as workers:
+        spec = apply_preset(load(workflow, home), preset)
+        if preset is not None:
+            description = spec.presets[preset].description
+            err.print(f"[bold]preset {escape(preset)}[/]" + (f": {escape(description)}" if description else ""),
+                      markup=True, soft_wrap=True)
+        _execute(
+            spec,
+            parse_params(param),
+            executor=workers or executor,
+            address=address,
+            cache=not no_cache,
+            serve=serve,
+            json_output=json_output,
+            out_dir=out_dir,
+            home=home,
+            ui_port=ui_port if ui else None,
+        )
+
+
+@contextlib.contextmanager
+def _early_workers(executor: str):
+    """The local executor with its worker processes starting now, so that they get ready
+    while the workflow is read and the run recorded (a worker takes a tenth of a second to
+    start); released however the command ends. None for another executor (Ray starts when
+    the run does: there is no point in starting it for a workflow that turns out invalid)."""
+    if executor != "local":
+        yield None
+        return
+    from fanflow.executors import create_executor
+
+    workers = create_executor("local")
+    workers.start()
+    try:
+        yield workers
+    finally:
+        workers.close()
 
 
 def _execute(
@@ -66,7 +87,7 @@ def _execute(
     params: dict[str, Any],
     *,
     home: Path | None,
-    executor: str = "local",
+    executor: str | Executor = "local",
     address: str | None = None,
     cache: bool = True,
     serve: bool = False,
