@@ -12,11 +12,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fanflow.engine.cache import CodeHasher, StoreMemo
-from fanflow.engine.runner import Runner, RunResult
-from fanflow.executors import Executor, create_executor
 from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
@@ -26,6 +23,10 @@ from fanflow.stores.errors import RunLeased
 from fanflow.stores.runs import RunRow, RunStore, default_url
 from fanflow.vocab.imports import shipped_digest
 from fanflow.vocab.states import Event
+
+if TYPE_CHECKING:  # the engine is imported when a run is made: commands that only read need none of it
+    from fanflow.engine.runner import Runner, RunResult
+    from fanflow.executors import Executor
 
 HOME_ENV = "FANFLOW_HOME"
 HOME_FOLDER = ".fanflow"
@@ -111,6 +112,10 @@ class Project:
         resume: str | None = None,
         run_id: str | None = None,
     ) -> Runner:
+        from fanflow.engine.cache import CodeHasher, StoreMemo
+        from fanflow.engine.runner import Runner
+        from fanflow.executors import create_executor
+
         previous = None
         if resume:
             previous = {t["name"]: t for t in self.store.tasks(resume) if t["state"] == "succeeded"}
