@@ -165,7 +165,7 @@ def _report(result, runner, project, json_output: bool) -> None:
             fanned = bool(runner.plan.steps[name].step.fan_out)
             results[name] = outputs if fanned else outputs[0]
     # Reading the run back costs a pass over every task row: only a run that has summaries pays it.
-    wants_summary = any(isinstance(t.output, dict) and SUMMARY_KEY in t.output for t in tasks.values() if t.state in OK)
+    wants_summary = any(isinstance(output, dict) and SUMMARY_KEY in output for output in tasks.outputs())
     summaries = {}
     if wants_summary:
         from fanflow.results import Run

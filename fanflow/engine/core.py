@@ -656,6 +656,10 @@ class TaskTable(Mapping):
         """The step's tasks, in declared order."""
         return [node.record() for node in self._steps[step].tasks or ()]
 
+    def outputs(self) -> Iterator[Any]:
+        """The output of every task that succeeded (or serves), with no record made."""
+        return (node.output for node in self._nodes.values() if node.state in OK)
+
     def counts(self) -> tuple[dict[str, int], int]:
         """How many tasks are in each state, and how many of them reused an earlier output."""
         counts: dict[str, int] = {}
