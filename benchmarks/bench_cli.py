@@ -12,6 +12,7 @@ multiprocessing.Pool recording nothing (the floor), and with Ray and Dask when i
 ratios are fanflow's throughput over each one's. Also printed: the engine's peak resident
 memory and the run store's size, per task (beyond a run of the smallest size).
 The machine is shared: every figure is printed with the load averages around it.
+docs/engine.md holds the figures measured with it, and where the engine's time goes.
 """
 
 from __future__ import annotations
