@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -27,8 +26,6 @@ from fanflow.serving.http_pool import ConnectFailed, HTTPPool
 from fanflow.serving.protocol import check_model_name
 from fanflow.serving.wire import TagBatch
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Member:
@@ -37,10 +34,6 @@ class Member:
 
     name: str
     url: str
-
-    @property
-    def model_url(self) -> str:
-        return f"{self.url}/v2/models/{self.name}"
 
     @property
     def model_path(self) -> str:

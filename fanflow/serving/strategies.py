@@ -63,22 +63,17 @@ class Strategy:
                 f"members answered for different numbers of clips: {[len(b) for _, b in answers]}"
             )
         vocabularies = [batch.vocabulary for _, batch in answers]
-        m = len(answers)
-        if all(v == vocabularies[0] for v in vocabularies):  # the usual case: one column order
-            vocabulary = list(vocabularies[0])
+        vocabulary = list(dict.fromkeys(tag for v in vocabularies for tag in v))
+        column = {tag: j for j, tag in enumerate(vocabulary)}
+        m, v = len(answers), len(vocabulary)
+        if all(list(voc) == vocabulary for voc in vocabularies):  # the usual case: one column order
             scores = np.stack([np.asarray(batch.scores, dtype=np.float32) for _, batch in answers])
             known = None  # every member has every tag
         else:
-            vocabulary = list(dict.fromkeys(tag for v in vocabularies for tag in v))
-            column = {tag: j for j, tag in enumerate(vocabulary)}
-            scores = np.full(
-                (m, n, len(vocabulary)), np.nan, dtype=np.float32
-            )  # NaN: the member has no such tag
+            scores = np.full((m, n, v), np.nan, dtype=np.float32)  # NaN: the member has no such tag
             for k, (_, batch) in enumerate(answers):
                 scores[k][:, [column[t] for t in batch.vocabulary]] = batch.scores
             known = ~np.isnan(scores)
-        v = len(vocabulary)
-        column = {tag: j for j, tag in enumerate(vocabulary)}
         found = np.zeros(m * n * v, dtype=bool)
         found[
             [
