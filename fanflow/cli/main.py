@@ -2,41 +2,95 @@
 
 Each command group lives in its own module (``run``, ``runs``, ``workflows``, ``predict``,
 ``kube``, ``doctor``, ``ui``); this one only wires them into one command and maps user errors to exit
-code 2, and a run store that cannot be used to one line and exit code 1."""
+code 2, and a run store that cannot be used to one line and exit code 1.
+
+A command's module is imported, and its options built, only when that command runs (or
+``--help`` lists it): ``fanflow validate`` does not pay for what ``fanflow run`` imports."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from fanflow.cli import doctor, kube, predict, run, runs, ui, workflows
 from fanflow.cli.common import UsageError, err, escape
 from fanflow.errors import RunNotFound
 from fanflow.spec.errors import SpecError
 from fanflow.stores.errors import RunLeased, RunStoreError
 
+# Each command's module and function (or sub-app), in the order `fanflow --help` lists them.
+COMMANDS = {
+    "run": ("run", "run"),
+    "resume": ("run", "resume"),
+    "serve": ("run", "serve"),
+    "predict": ("predict", "predict"),
+    "validate": ("workflows", "validate"),
+    "pack": ("workflows", "pack"),
+    "describe": ("workflows", "describe"),
+    "schema": ("workflows", "schema"),
+    "graph": ("workflows", "graph"),
+    "list": ("workflows", "list_workflows"),
+    "runs": ("runs", "runs"),
+    "show": ("runs", "show"),
+    "logs": ("runs", "logs"),
+    "artifacts": ("runs", "artifacts"),
+    "gc": ("runs", "gc"),
+    "doctor": ("doctor", "doctor"),
+    "ui": ("ui", "ui"),
+    "exec": ("kube", "exec_command"),
+    "export": ("kube", "export_app"),
+}
+# Commands that read workflow files and run no step: they skip pydantic's plugins, which serve
+# users' models and cost a scan of every installed package's entry points (0.03 s) to find.
+READ_ONLY = {"validate", "pack", "describe", "schema", "graph", "list"}
+
+
+class LazyGroup(TyperGroup):
+    """The ``fanflow`` group, building each command from ``COMMANDS`` when it is asked for."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name: str):
+        if name not in self.commands and name in COMMANDS:
+            self.commands[name] = _build(name)
+        return self.commands.get(name)
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in COMMANDS:  # a misspelt name: "did you mean" looks through them all
+            for name in COMMANDS:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+
+def _build(name: str):
+    module, attribute = COMMANDS[name]
+    if name in READ_ONLY:
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    target = getattr(importlib.import_module(f"fanflow.cli.{module}"), attribute)
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
 app = typer.Typer(
     name="fanflow",
     help="Machine-learning workflows built on fan-out and fan-in.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-for command in (run.run, run.resume, run.serve, predict.predict):
-    app.command()(command)
-for command in (workflows.validate, workflows.pack, workflows.describe, workflows.schema, workflows.graph):
-    app.command()(command)
-app.command("list")(workflows.list_workflows)
-for command in (runs.runs, runs.show, runs.logs, runs.artifacts, runs.gc, doctor.doctor):
-    app.command()(command)
-app.command("ui")(ui.ui)
-app.add_typer(kube.export_app, name="export")
-app.command("exec")(kube.exec_command)
 
 
 def _version_callback(value: bool) -> None:

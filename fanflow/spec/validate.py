@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import ast
 import difflib
-import functools
 import graphlib
 import importlib.util
 import inspect
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path as FilePath
-from typing import Any
 
 from fanflow.spec import conditions
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.graph import fans_in, step_refs, upstream
 from fanflow.spec.model import Preset, Step, Workflow, type_name
+from fanflow.spec.outline import outline
 from fanflow.spec.positions import Positions
 from fanflow.spec.refs import ITEM, PARAMS, Ref, RefSyntaxError, whole_ref
 from fanflow.vocab.imports import shipped_digest
@@ -282,29 +279,22 @@ def function_problems(uses: str, arguments: list[str] | None, folders: list[str]
     if not origin or not origin.endswith(".py"):
         return []  # a compiled or namespace module: checked when the task runs
     try:
-        tree = _parsed(origin, os.stat(origin).st_mtime_ns)
+        found = outline(origin)
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as exc:
         return [(f"cannot read module {module!r}: {exc}", ("uses",))]
     top = attribute.split(".")[0]
-    binding = _binding(tree, top)
+    binding = found.bindings.get(top)
     if binding is None:
-        if _has_dynamic_names(tree):
+        if found.dynamic:
             return []
-        return [(f"module {module!r} defines no {top!r}{_suggest(top, _defined_names(tree))}", ("uses",))]
+        return [(f"module {module!r} defines no {top!r}{_suggest(top, found.bindings)}", ("uses",))]
     if "." in attribute:
         return []
-    kind = _literal_kind(binding)
-    if kind:
-        return [(f"{uses} is {kind}, not a function", ("uses",))]
-    if arguments is None or not isinstance(binding, ast.FunctionDef | ast.AsyncFunctionDef) or binding.decorator_list:
+    if binding.literal:
+        return [(f"{uses} is {binding.literal}, not a function", ("uses",))]
+    if arguments is None or not binding.function:
         return []  # a decorator may change what the function takes: checked when the task runs
-    return _argument_problems(uses, _source_parameters(binding.args), arguments)
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed(origin: str, _mtime_ns: int) -> ast.Module:
-    """A module's syntax tree, read once however many steps use the module."""
-    return ast.parse(FilePath(origin).read_text(encoding="utf-8"))
+    return _argument_problems(uses, list(binding.parameters), arguments)
 
 
 def shadows_stdlib(module: str) -> str | None:
@@ -333,21 +323,6 @@ def _loaded_signature_problems(uses: str, target, arguments: list[str] | None) -
     return _argument_problems(
         uses, [(p.name, p.kind, p.default is not inspect.Parameter.empty) for p in parameters], arguments
     )
-
-
-def _source_parameters(args: ast.arguments) -> list[tuple[str, Any, bool]]:
-    """(name, kind, has a default) of each parameter, as inspect.Parameter would say."""
-    kind = inspect.Parameter
-    positional = [(a, kind.POSITIONAL_ONLY) for a in args.posonlyargs]
-    positional += [(a, kind.POSITIONAL_OR_KEYWORD) for a in args.args]
-    first_default = len(positional) - len(args.defaults)
-    found = [(a.arg, k, i >= first_default) for i, (a, k) in enumerate(positional)]
-    if args.vararg:
-        found.append((args.vararg.arg, kind.VAR_POSITIONAL, True))
-    found += [(a.arg, kind.KEYWORD_ONLY, d is not None) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
-    if args.kwarg:
-        found.append((args.kwarg.arg, kind.VAR_KEYWORD, True))
-    return found
 
 
 def _argument_problems(uses: str, parameters: list, given: list[str]) -> list[tuple[str, tuple]]:
@@ -379,61 +354,9 @@ def _argument_problems(uses: str, parameters: list, given: list[str]) -> list[tu
     return problems
 
 
-def _binding(tree: ast.Module, name: str):
-    """The last statement at the module's top level that binds ``name``, or None."""
-    found = None
-    for node in tree.body:
-        if name in _names_bound(node):
-            found = node
-    return found
-
-
-def _names_bound(node) -> set[str]:
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-        return {node.name}
-    if isinstance(node, ast.Assign):
-        return {t.id for t in node.targets if isinstance(t, ast.Name)}
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return {node.target.id}
-    if isinstance(node, ast.Import | ast.ImportFrom):
-        return {(a.asname or a.name).split(".")[0] for a in node.names}
-    return set()
-
-
-_LITERALS = {
-    ast.List: "a list", ast.ListComp: "a list", ast.Tuple: "a tuple", ast.Dict: "a dict",
-    ast.DictComp: "a dict", ast.Set: "a set", ast.SetComp: "a set", ast.JoinedStr: "text",
-}
-
-
-def _literal_kind(node) -> str | None:
-    """What a top-level assignment binds when it is plainly not callable (a number, text, a
-    list...), else None."""
-    value = getattr(node, "value", None) if isinstance(node, ast.Assign | ast.AnnAssign) else None
-    if isinstance(value, ast.Constant):
-        return "None" if value.value is None else f"a {type(value.value).__name__}"
-    return _LITERALS.get(type(value))
-
-
 def _same_file(a: str | None, b: str | None) -> bool:
     """Whether a loaded module is the one the workflow's import path finds (another folder's
     module of the same name may be loaded already)."""
     if a is None or b is None:
         return a is None and b in (None, "built-in", "frozen")
     return FilePath(a).resolve() == FilePath(b).resolve()
-
-
-def _defined_names(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
-    for node in tree.body:
-        names |= _names_bound(node)
-    return names
-
-
-def _has_dynamic_names(tree: ast.Module) -> bool:
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
-            return True
-        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
-            return True
-    return False

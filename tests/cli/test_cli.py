@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 from tests.conftest import ROOT, cli, write
 
@@ -12,6 +14,47 @@ STEPS = ROOT / "tests" / "engine" / "flowsteps.py"
 def test_validate_says_what_it_checked():
     result = cli("validate", EXAMPLE, check=True)
     assert "workflow 'fanout-sum', 3 steps (numbers, square, total)" in result.stdout
+
+
+def test_validate_imports_none_of_the_modules_other_commands_need():
+    script = (
+        "import sys\n"
+        "from fanflow.cli.main import app\n"
+        "try:\n"
+        f"    app(['validate', {str(EXAMPLE)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.startswith(('fanflow.cli.', 'fanflow.engine', "
+        "'fanflow.executors'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "loaded: ['fanflow.cli.common', 'fanflow.cli.main', 'fanflow.cli.workflows']" in done.stdout
+
+
+def test_a_misspelt_command_is_named_with_the_one_meant():
+    result = cli("valdate", EXAMPLE)
+    assert result.returncode == 2
+    assert "No such command 'valdate'. Did you mean 'validate'?" in result.stderr
+
+
+def test_steps_see_pydantic_plugins_enabled_even_though_validate_skips_them(tmp_path):
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    write(flows, "plugin_steps.py", """
+        import os
+
+        def plugins():
+            return os.environ.get("PYDANTIC_DISABLE_PLUGINS", "enabled")
+        """)
+    flow = write(flows, "flow.yaml", """
+        name: plugins
+        steps:
+          plugins: {uses: plugin_steps:plugins}
+        """)
+    assert cli("validate", flow, check=True).returncode == 0
+    result = cli("run", flow, "--home", tmp_path / "h", check=True)
+    assert "'enabled'" in result.stdout or '"enabled"' in result.stdout, result.stdout
 
 
 def test_graph_draws_fan_out_and_fan_in_in_mermaid_and_dot(tmp_path):
