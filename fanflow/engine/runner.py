@@ -12,6 +12,7 @@ to the run store now and then (see ``engine.progress``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import itertools
 import os
@@ -183,7 +184,7 @@ class Runner:
                 self.resumed_from,
             )
         )
-        with self._signals():
+        with self._signals(), _fewer_collections:
             try:
                 if error is None:
                     self.core.start(time.time())
@@ -529,6 +530,44 @@ class LightSteps:
             typical = max(statistics.median(seen), 1e-6)
             self.shares[step] = max(self.MIN_SHARE, min(self._max_share, int(self.QUEUED / typical)))
             self.steps = self.steps | {step}
+
+
+class _FewerCollections:
+    """A run makes objects that live as long as it does (a record per task, its events until
+    they are written): Python's cyclic garbage collector would scan them, and everything the
+    process imported before, again and again (a tenth of the engine's time for 10,000 tiny
+    tasks). While runs last, what existed before the first is set aside (``gc.freeze``) and
+    the youngest generation is collected less often; both are undone when the last one ends.
+    A process that froze objects itself keeps them frozen, and nothing more is frozen."""
+
+    YOUNGEST = 20_000  # allocations between two collections of the youngest generation
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._thresholds = gc.get_threshold()
+        self._froze = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._runs += 1
+            if self._runs == 1:
+                self._thresholds = gc.get_threshold()
+                self._froze = gc.get_freeze_count() == 0
+                if self._froze:
+                    gc.freeze()
+                gc.set_threshold(max(self._thresholds[0], self.YOUNGEST), *self._thresholds[1:])
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._runs -= 1
+            if self._runs == 0:
+                gc.set_threshold(*self._thresholds)
+                if self._froze:
+                    gc.unfreeze()
+
+
+_fewer_collections = _FewerCollections()
 
 
 def _port_of(endpoint: Any) -> int | None:

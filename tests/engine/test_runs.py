@@ -1,5 +1,6 @@
 """Real runs: worker processes, artifacts, timeouts, retries, quorum, cancellation, caching."""
 
+import gc
 import os
 import shutil
 import signal
@@ -75,6 +76,23 @@ def test_every_task_and_attempt_is_in_the_run_store(flow, home, executor):
     assert len(attempts) == len(tasks) and all(a["ended"] >= a["started"] for a in attempts)
     run_row = store.get_run(result.run_id)
     assert run_row.state == "succeeded" and run_row.params["n"] == 4
+
+
+def test_a_run_collects_garbage_less_often_and_leaves_the_collector_as_it_found_it(flow, home):
+    seen = []  # (thresholds, objects frozen) while the run records its events
+
+    def listener(events):
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+
+    before = gc.get_threshold()
+    project = Project(home)
+    try:
+        result = project.run(flow(FANOUT), listeners=[listener])
+    finally:
+        project.close()
+    assert result.state == "succeeded", result.error
+    assert seen and all(thresholds[0] > before[0] and frozen > 0 for thresholds, frozen in seen)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
 def test_a_large_array_is_written_once_and_memory_mapped_by_every_branch(flow, home, executor):
