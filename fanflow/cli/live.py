@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.text import Text
 
 from fanflow.vocab.progress import Progress, count_text, metrics_text, progress_text
-from fanflow.vocab.states import Event
+from fanflow.vocab.states import Event, State
 
 STYLE = {
     "pending": "dim",
@@ -103,7 +103,16 @@ class RunView:
 
     def __call__(self, events: list[Event]) -> None:
         with self._lock:
+            states, steps = self.states, self.steps
+            counted = self.sizes is not None  # tasks with no event yet count as pending
             for event in events:
+                # A large run's tasks that have not started are counted from the steps' sizes:
+                # their pending events need not be applied one by one.
+                if counted and event.state is State.PENDING and event.task not in states and len(
+                        states) > DETAILED_UP_TO:
+                    if event.step not in steps:
+                        steps[event.step] = Counter()
+                    continue
                 self._apply(event)
         if self._live is None and not self.console.is_terminal:
             self._print_plain(events)

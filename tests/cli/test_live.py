@@ -85,6 +85,22 @@ def test_a_hundred_thousand_tasks_fold_into_a_line_per_step_and_only_running_one
     assert written[-1].strip().startswith("… and")  # the rest of the running ones, counted
 
 
+def test_tasks_of_a_large_run_that_have_not_started_are_counted_from_the_step_sizes():
+    sizes = {"make": 1, "noop": 50_000, "later": 20_000}
+    view = RunView("big · run 20261129-101010-abcd", Console(width=80, height=15, force_terminal=True),
+                   sizes=lambda: sizes)
+    events = [Event("make", "make", state, 1, 0.0, {}) for state in (State.PENDING, State.RUNNING, State.SUCCEEDED)]
+    events += [Event(f"noop[x={i}]", "noop", State.PENDING, 0, 0.0, {}) for i in range(sizes["noop"])]
+    events += [Event(f"later[x={i}]", "later", State.PENDING, 0, 0.0, {}) for i in range(sizes["later"])]
+    events += [Event(f"noop[x={i}]", "noop", State.RUNNING, 1, 1.0, {}) for i in range(3)]
+    view(events)
+    assert len(view.states) < 40  # no record for each task that is only waiting
+    shown = [" ".join(line.split()) for line in screen_of(view.render())]
+    assert shown[0].startswith("big · run 20261129-101010-abcd 1/70001 done")
+    assert "noop 0/50000 ▶ 3 running · 49997 pending" in shown
+    assert "later 0/20000 · 20000 pending" in shown
+
+
 def test_fanflow_run_in_an_80_column_terminal_prints_whole_names(tmp_path):
     shutil.copy(STEPS, tmp_path / "flowsteps.py")
     write(tmp_path, "wide.yaml", f"""
