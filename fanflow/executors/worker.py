@@ -10,7 +10,6 @@ import shutil
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from fanflow import reporting, runtime
@@ -141,8 +140,7 @@ def _attempt(spec: TaskSpec, worker: str, own_process: bool) -> TaskResult:
     token = set_task_environment(spec, own_process=own_process)
     try:
         _, value = call_step(spec)
-        scratch = Path(spec.scratch) if spec.scratch else None
-        output = encode(value, store_for(spec.artifacts), where=f"{spec.task} output", scratch=scratch)
+        output = encode(value, store_for(spec.artifacts), where=f"{spec.task} output", scratch=spec.scratch)
     except (ImportFailed, StepArgumentError, UnstorableValue) as exc:
         return TaskResult(
             spec.task,

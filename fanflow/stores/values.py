@@ -31,8 +31,9 @@ _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy", "scipy.", "builtins", "collecti
 __all__ = ["UnstorableValue", "decode", "encode", "locations"]
 
 
-def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: Path | None = None) -> Any:
-    """Store the non-JSON leaves of ``value`` and return its manifest."""
+def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: str | Path | None = None) -> Any:
+    """Store the non-JSON leaves of ``value`` and return its manifest; a file under the
+    folder ``scratch`` is moved into the store rather than copied."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -55,7 +56,7 @@ def encode(value: Any, store: ArtifactStore, *, where: str = "output", scratch: 
     return _encode_leaf(value, store, where, scratch)
 
 
-def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | None) -> dict:
+def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: str | Path | None) -> dict:
     np = sys.modules.get("numpy")
     if np is not None:
         if isinstance(value, np.generic):  # a NumPy scalar: as the Python value it holds
@@ -77,7 +78,7 @@ def _encode_leaf(value: Any, store: ArtifactStore, where: str, scratch: Path | N
     if isinstance(value, Path):
         if not value.is_file():
             raise UnstorableValue(f"{where}: {value} is not a file")
-        move = scratch is not None and value.resolve().is_relative_to(scratch.resolve())
+        move = scratch is not None and value.resolve().is_relative_to(Path(scratch).resolve())
         suffix = value.suffix if 0 < len(value.suffix) <= 16 else ""
         obj = store.put_file(value, suffix=suffix, move=move and store.local)
         return {
