@@ -9,6 +9,8 @@ A command's module is imported, and its options built, only when that command ru
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import os
 import sys
@@ -111,6 +113,11 @@ def _root(
 
 
 def main() -> None:
+    # When the command ends, so does the process: the interpreter's last garbage collections
+    # need not scan what it made (after a run of 10,000 tasks they took 60 to 150 ms). Only
+    # the search for reference cycles is skipped: atexit handlers still run, and objects are
+    # still released as the interpreter shuts down.
+    atexit.register(gc.freeze)
     try:
         app()
     except SpecError as exc:

@@ -10,6 +10,7 @@ progress reports go back on the same socket as they come (a few a second at most
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import sys
@@ -90,4 +91,9 @@ def _watch(capture: OutputCapture) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+    code = main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    # The process ends now: its objects need no scan for cycles on the way out. Without this
+    # the interpreter's last collections made a worker take 15 to 40 ms to exit once told to
+    # stop, time that a run's end waits for. (atexit handlers still run.)
+    gc.freeze()
+    sys.exit(code)
