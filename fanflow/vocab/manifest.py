@@ -38,10 +38,12 @@ def artifact_refs(manifest: Any) -> Iterator[dict]:
             yield manifest
         else:
             for value in manifest.values():
-                yield from artifact_refs(value)
+                if isinstance(value, dict | list):  # a plain value holds none
+                    yield from artifact_refs(value)
     elif isinstance(manifest, list):
         for value in manifest:
-            yield from artifact_refs(value)
+            if isinstance(value, dict | list):
+                yield from artifact_refs(value)
 
 
 def map_artifacts(manifest: Any, fn: Callable[[dict, tuple], Any], path: tuple = ()) -> Any:
