@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 from fanflow.spec import graph
 from fanflow.spec.errors import SpecError, SpecIssue
 from fanflow.spec.model import Workflow
-from fanflow.stores.artifacts import ArtifactNotFound, ArtifactStore
-from fanflow.stores.code import put_code, read_code
+from fanflow.stores.dbfile import default_url
 from fanflow.stores.errors import RunLeased
-from fanflow.stores.runs import RunRow, RunStore, default_url
 from fanflow.vocab.imports import shipped_digest
 from fanflow.vocab.states import Event
 
-if TYPE_CHECKING:  # the engine is imported when a run is made: commands that only read need none of it
+if TYPE_CHECKING:  # the engine and the stores are imported when used: commands that only read files need neither
     from fanflow.engine.runner import Runner, RunResult
     from fanflow.executors import Executor
+    from fanflow.stores.artifacts import ArtifactStore
+    from fanflow.stores.runs import RunRow, RunStore
 
 HOME_ENV = "FANFLOW_HOME"
 HOME_FOLDER = ".fanflow"
@@ -64,10 +64,14 @@ class Project:
     @property
     def store(self) -> RunStore:
         if self._store is None:
+            from fanflow.stores.runs import RunStore
+
             self._store = RunStore(self.db_url)
         return self._store
 
     def artifacts(self) -> ArtifactStore:
+        from fanflow.stores.artifacts import ArtifactStore
+
         return ArtifactStore(self.artifacts_url)
 
     def close(self) -> None:
@@ -151,6 +155,9 @@ class Project:
         """Put the code shipped with ``workflow`` (steps defined in a notebook) into the
         artifact store, where workers read it; returns every shipped step's source by digest,
         read back from the store for a workflow that no longer carries it (a resumed run)."""
+        from fanflow.stores.artifacts import ArtifactNotFound
+        from fanflow.stores.code import put_code, read_code
+
         store = self.artifacts()
         for digest, source in workflow.code.items():
             stored = put_code(store, source)

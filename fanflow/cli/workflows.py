@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from fanflow.cli.common import UsageError, err, escape, load, locate, out
 
@@ -38,6 +37,8 @@ def pack(
 
 def list_workflows() -> None:
     """List the workflows installed by Python packages (the fanflow.workflows entry points)."""
+    from rich.table import Table
+
     from fanflow.spec.loader import load_workflow
     from fanflow.spec.registry import installed
 
@@ -57,6 +58,8 @@ def describe(
     workflow: Annotated[Path, typer.Argument(help="A workflow file or an installed workflow's name.")],
 ) -> None:
     """Show a workflow's parameters (types, defaults, descriptions), presets and steps."""
+    from rich.table import Table
+
     spec = load(workflow)
     out.print(
         f"[bold]{escape(spec.name)}[/]" + (f": {escape(spec.description)}" if spec.description else ""),

@@ -26,6 +26,11 @@ DAMAGED_HINT = (
 )
 
 
+def default_url(home: str | os.PathLike) -> str:
+    """The run store of the project whose folder is ``home``: ``$FANFLOW_DB`` when set."""
+    return os.environ.get("FANFLOW_DB") or f"sqlite:///{os.path.abspath(os.path.join(home, 'runs.db'))}"
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL, or None (another database, or an in-memory one)."""
     if not url.startswith("sqlite:///"):

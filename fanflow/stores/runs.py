@@ -39,10 +39,6 @@ sa = LazyModule("sqlalchemy")
 schema = LazyModule("fanflow.stores.schema")
 
 
-def default_url(home: str | os.PathLike) -> str:
-    return os.environ.get("FANFLOW_DB") or f"sqlite:///{os.path.abspath(os.path.join(home, 'runs.db'))}"
-
-
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     plain_sqlite.set_pragmas(dbapi_conn)
 
