@@ -18,10 +18,16 @@ answered in the protocol's error shape and followed by closing the connection:
 After such an answer the server stops sending and reads (and drops) what the client still
 sends for up to ``LINGER_SECONDS`` before closing: closing a socket with unread data makes
 the kernel reset the connection, and the client would lose the answer.
+
+uvicorn writes an answer's head and its body with two writes, which leave as two segments:
+a client often wakes for the head alone and again for the body. Each request's answer is
+written through ``AnswerWriter`` instead, which holds the head back until the body's first
+write (or the event loop's next turn), so that a short answer leaves in one write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -54,6 +60,42 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class AnswerWriter:
+    """The transport as a request's cycle sees it: its first write (the answer's head) is held
+    until the next (the body, written with it in one system call) or until the event loop's
+    next turn, so that an answer whose body comes later (a stream) is not held up."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport = transport
+        self.loop = loop
+        self.head: bytes | None = None
+        self.written = False
+
+    def write(self, data: bytes) -> None:
+        if not self.written:
+            self.written = True
+            self.head = data
+            self.loop.call_soon(self.flush)
+        elif self.head is not None:
+            head, self.head = self.head, None
+            self.transport.writelines([head, data])
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -175,7 +217,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.limits.body_timeout, "the request's body")
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a new request's cycle
+            self.cycle.transport = AnswerWriter(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._disarm()
