@@ -16,7 +16,6 @@ requests of fanflow's own clients) and reads answers.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -26,9 +25,8 @@ HEADER = "Inference-Header-Content-Length"
 EXTENSION = "binary_tensor_data"  # its name in the server metadata's ``extensions``
 
 
-def header_length(headers: Mapping[str, str], body_size: int) -> int | None:
-    """The JSON header's length a request gives (None: the body is all JSON)."""
-    value = headers.get(HEADER)
+def header_length(value: str | None, body_size: int) -> int | None:
+    """The JSON header's length a request gives in its ``HEADER`` (None: the body is all JSON)."""
     if value is None:
         return None
     text = value.strip()
