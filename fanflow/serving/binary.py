@@ -15,11 +15,10 @@ requests of fanflow's own clients) and reads answers.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+import orjson
 
-from fanflow.serving.protocol import DATATYPES, ProtocolError, array_from_bytes
+from fanflow.serving.protocol import DATATYPES, ProtocolError, array_from_bytes, json_bytes
 
 HEADER = "Inference-Header-Content-Length"
 EXTENSION = "binary_tensor_data"  # its name in the server metadata's ``extensions``
@@ -68,7 +67,7 @@ def encode(message: dict, binary: set[str] | frozenset = frozenset()) -> tuple[l
         elif isinstance(data, np.ndarray):
             tensor = {**tensor, "data": _json_elements(tensor["datatype"], data)}
         tensors.append(tensor)
-    header = json.dumps({**message, key: tensors}, separators=(",", ":"), ensure_ascii=False).encode()
+    header = json_bytes({**message, key: tensors})
     return [header, *tails], (len(header) if tails else None)
 
 
@@ -84,7 +83,7 @@ def decode(body: bytes, json_length: int | None = None) -> dict:
     becomes a list (JSON) or an array (binary; BYTES elements as ``str`` when they are UTF-8).
     ValueError when it is not an answer that can be read."""
     header = body if json_length is None else body[:json_length]
-    message = json.loads(header)
+    message = orjson.loads(header)
     if not isinstance(message, dict) or not isinstance(message.get("outputs"), list):
         raise ValueError("the answer has no 'outputs' list")
     offset = len(header)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import re
 import time
@@ -36,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fanflow.serving import binary
 from fanflow.serving.decoding import Decoder
 from fanflow.serving.metrics import DISCONNECTED, MetricsMiddleware, ServerMetrics
-from fanflow.serving.protocol import DEFAULT_MAX_BODY_BYTES, InferRequest, ProtocolError
+from fanflow.serving.protocol import DEFAULT_MAX_BODY_BYTES, InferRequest, ProtocolError, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +269,7 @@ class InferEndpoint:
             parts, headers = await self.infer(scope, receive, name, version)
             status = 200
         except ProtocolError as e:
-            status, parts, headers = e.status, [_json({"error": e.message, **e.extra})], _JSON
+            status, parts, headers = e.status, [json_bytes({"error": e.message, **e.extra})], _JSON
             if status == 405:
                 headers = [*headers, (b"allow", b"POST")]
         except ClientDisconnect:  # counted apart from errors; the answer would go nowhere
@@ -278,7 +277,7 @@ class InferEndpoint:
             return
         except Exception:
             log.exception("request %s (%s %s) failed", request_id, scope["method"], scope["path"][:200])
-            status, parts, headers = 500, [_json({"error": internal_error(request_id)})], _JSON
+            status, parts, headers = 500, [json_bytes({"error": internal_error(request_id)})], _JSON
         size = sum(len(part) for part in parts)
         headers = [*headers, (b"content-length", b"%d" % size), (REQUEST_ID.encode(), request_id.encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -311,8 +310,6 @@ class InferEndpoint:
 _JSON = [(b"content-type", b"application/json")]
 
 
-def _json(content) -> bytes:
-    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 class V2App(Starlette):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import simdjson
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -64,6 +65,12 @@ class ProtocolError(Exception):
 
 def _protocol_error(message: str, status: int, extra: dict) -> ProtocolError:
     return ProtocolError(message, status, **extra)
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON (orjson: a tenth of the standard library's time, on
+    every answer); NumPy scalars and arrays as numbers and lists."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def check_model_name(name: str) -> str:

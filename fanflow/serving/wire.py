@@ -18,13 +18,13 @@ Response (every BYTES tensor is rectangular, one element per clip):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from fanflow.serving import binary
-from fanflow.serving.protocol import bytes_tensor, fp32_tensor
+from fanflow.serving.protocol import bytes_tensor, fp32_tensor, json_bytes
 
 INPUT = "clips"
 TAGS = "tags"
@@ -33,7 +33,7 @@ PROVENANCE = "provenance"
 
 
 def json_text(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json_bytes(value).decode()
 
 
 @dataclass
@@ -95,7 +95,7 @@ def decode(response: dict) -> TagBatch:
 
 
 def _json_list(text) -> list:
-    value = json.loads(text)
+    value = orjson.loads(text)
     if not isinstance(value, list):
         raise ValueError(f"expected the JSON text of a list, got {text!r}")
     return value
