@@ -84,8 +84,6 @@ class Strategy:
             ]
         ] = True
         found = found.reshape(m, n, v)
-        per_member = [self.weights.get(name, 1.0) if self.name == "weighted" else 1.0 for name in names]
-        weights = np.array(per_member, dtype=np.float32)[:, None, None]
 
         if self.name == "union":
             emit = found.any(0)
@@ -94,6 +92,8 @@ class Strategy:
             emit = found.all(0)
             combined = scores.min(0) if known is None else np.where(known, scores, np.inf).min(0)
         else:
+            per_member = [self.weights.get(name, 1.0) if self.name == "weighted" else 1.0 for name in names]
+            weights = np.array(per_member, dtype=np.float32)[:, None, None]
             if known is None:
                 mean = (scores * weights).sum(0) / weights.sum(0)
             else:
@@ -103,23 +103,35 @@ class Strategy:
             emit = 2 * found.sum(0) > m if self.name == "majority" else mean >= self.threshold
 
         # Provenance is built from Python lists: indexing numpy scalars one by one costs more.
-        score_rows, found_rows, combined_rows = scores.tolist(), found.tolist(), combined.tolist()
+        # Scores are float32, so x * 1e6 is exact in float64 and numpy's rounding (times 1e6,
+        # to the nearest even integer, divided by 1e6) is Python's round(x, 6), for all at once.
+        score_rows, combined_rows = _rounded(scores), _rounded(combined)
+        found_rows = found.tolist()
         known_rows = None if known is None else known.tolist()
         tags, provenance = [], []
         for i, row in enumerate(emit.tolist()):
+            clip_scores = [member_rows[i] for member_rows in score_rows]
+            clip_found = [member_rows[i] for member_rows in found_rows]
+            clip_known = None if known_rows is None else [member_rows[i] for member_rows in known_rows]
             clip_tags, clip_provenance = [], []
-            for j in (j for j, emitted in enumerate(row) if emitted):
-                members = range(m) if known_rows is None else [k for k in range(m) if known_rows[k][i][j]]
+            for j, emitted in enumerate(row):
+                if not emitted:
+                    continue
+                members = range(m) if clip_known is None else [k for k in range(m) if clip_known[k][j]]
                 clip_tags.append(vocabulary[j])
                 clip_provenance.append(
                     {
                         "tag": vocabulary[j],
-                        "score": round(combined_rows[i][j], 6),
-                        "found_by": [names[k] for k in range(m) if found_rows[k][i][j]],
-                        "scores": {names[k]: round(score_rows[k][i][j], 6) for k in members},
+                        "score": combined_rows[i][j],
+                        "found_by": [names[k] for k in range(m) if clip_found[k][j]],
+                        "scores": {names[k]: clip_scores[k][j] for k in members},
                     }
                 )
             tags.append(clip_tags)
             provenance.append(clip_provenance)
         threshold = self.threshold if self.name in THRESHOLD_STRATEGIES else None
         return TagBatch(tags, vocabulary, combined.astype(np.float32), threshold, provenance)
+
+
+def _rounded(array: np.ndarray) -> list:
+    return np.round(array.astype(np.float64), 6).tolist()
