@@ -159,6 +159,11 @@ class Gateway:
                     )  # fmt: skip
                     failing.logged_at, failing.unlogged = now, 0
 
+    def _count_calls(self, answers: list[MemberAnswer]) -> None:
+        for a in answers:
+            self._member_calls.labels(a.member.name, a.outcome).inc()
+            self._member_latency.labels(a.member.name).observe(a.seconds)
+
     async def _ask_all(self, method: str, path: str, timeout: float) -> list[MemberAnswer]:
         answers = await asyncio.gather(
             *(member_request(self.clients[m.name], m, method, path, timeout) for m in self.members)
@@ -259,10 +264,9 @@ class Gateway:
         answers = await asyncio.gather(
             *(infer_member(self.clients[m.name], m, body, deadline, headers) for m in self.members)
         )
-        for a in answers:
-            self._member_calls.labels(a.member.name, a.outcome).inc()
-            self._member_latency.labels(a.member.name).observe(a.seconds)
         self._log_outcomes(answers)
+        # Counted on the event loop's next turn: after this step, which writes the answer.
+        asyncio.get_running_loop().call_soon(self._count_calls, answers)
         good = [a for a in answers if a.ok]
         failed = {a.member.name: a.error for a in answers if not a.ok}
         if not good:
