@@ -8,7 +8,7 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)
 
 from fanflow.serving import binary, wire
-from fanflow.serving.http_pool import ConnectFailed, HTTPPool
+from fanflow.serving.http_pool import ConnectFailed, HTTPPool, Reply
 from fanflow.serving.protocol import check_model_name
 from fanflow.serving.wire import TagBatch
 
@@ -120,19 +120,65 @@ async def member_request(
     try:
         async with asyncio.timeout(timeout):
             reply = await pool.request(method, member.model_path + path, body, headers)
-    except TimeoutError:
-        return MemberAnswer(
-            member, "timeout", time.perf_counter() - start, error=f"no answer within {timeout:.3g} s"
-        )
-    except ConnectFailed as e:
-        return MemberAnswer(
-            member, "unreachable", time.perf_counter() - start, error="unreachable", log_detail=str(e)
-        )
-    except ConnectionError as e:
-        return MemberAnswer(
-            member, "error", time.perf_counter() - start, error="the connection failed", log_detail=str(e)
-        )
-    seconds = time.perf_counter() - start
+    except (TimeoutError, ConnectionError) as e:
+        return _failed(member, e, time.perf_counter() - start, timeout)
+    return _answered(member, reply, time.perf_counter() - start, read)
+
+
+async def infer_members(
+    pools: Mapping[str, HTTPPool],
+    members: list[Member],
+    body: list,
+    timeout: float,
+    headers: dict | None = None,
+) -> list[MemberAnswer]:
+    """Send an inference request (its body's parts) to every member at once and read their
+    tags, in member order; each member has ``timeout`` seconds. The requests are all written
+    before the first answer is awaited, and each answer is read as it comes."""
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    deadline = loop.time() + timeout
+    calls = {pools[m.name].send("POST", m.model_path + "/infer", body, headers): m for m in members}
+    answers: dict[str, MemberAnswer] = {}
+    try:
+        waiting = set(calls)
+        while waiting:
+            done, waiting = await asyncio.wait(
+                waiting, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break
+            seconds = time.perf_counter() - start
+            for call in done:
+                member = calls[call]
+                error = call.exception()
+                if error is None:
+                    answer = _tags(_answered(member, call.result(), seconds, binary.decode))
+                elif isinstance(error, ConnectionError):
+                    answer = _failed(member, error, seconds, timeout)
+                else:
+                    raise error
+                answers[member.name] = answer
+    finally:
+        for call in calls:
+            call.cancel()  # those past the deadline, or all when this request is cancelled
+    for call in waiting:
+        member = calls[call]
+        answers[member.name] = _failed(member, TimeoutError(), time.perf_counter() - start, timeout)
+    return [answers[m.name] for m in members]
+
+
+def _failed(member: Member, error: Exception, seconds: float, timeout: float) -> MemberAnswer:
+    if isinstance(error, TimeoutError):
+        return MemberAnswer(member, "timeout", seconds, error=f"no answer within {timeout:.3g} s")
+    if isinstance(error, ConnectFailed):
+        return MemberAnswer(member, "unreachable", seconds, error="unreachable", log_detail=str(error))
+    return MemberAnswer(member, "error", seconds, error="the connection failed", log_detail=str(error))
+
+
+def _answered(
+    member: Member, reply: Reply, seconds: float, read: Callable[[bytes, int | None], dict] | None
+) -> MemberAnswer:
     status, raw = reply.status, reply.body
     if status != 200:
         if 400 <= status < 500:
@@ -160,15 +206,8 @@ async def member_request(
     return MemberAnswer(member, "ok", seconds, response=payload, status=200)
 
 
-async def infer_member(
-    pool: HTTPPool,
-    member: Member,
-    body: list,
-    timeout: float,
-    headers: dict | None = None,
-) -> MemberAnswer:
-    """Send an inference request (its body's parts) to a member and read its tags."""
-    answer = await member_request(pool, member, "POST", "/infer", timeout, body, headers, read=binary.decode)
+def _tags(answer: MemberAnswer) -> MemberAnswer:
+    """The answer with its tags read (``batch``), or marked malformed."""
     if answer.response is not None:
         try:
             answer.batch = wire.decode(answer.response)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fanflow.serving import binary, wire
-from fanflow.serving.client import Member, MemberAnswer, infer_member, member_request, members_from
+from fanflow.serving.client import Member, MemberAnswer, infer_members, member_request, members_from
 from fanflow.serving.connections import Limits
 from fanflow.serving.decoding import Decoder
 from fanflow.serving.endpoints import REQUEST_ID, build_app, current_request_id
@@ -261,9 +261,7 @@ class Gateway:
         request_id = current_request_id.get()
         if request_id is not None:  # the members log under the same id
             headers[REQUEST_ID] = request_id
-        answers = await asyncio.gather(
-            *(infer_member(self.clients[m.name], m, body, deadline, headers) for m in self.members)
-        )
+        answers = await infer_members(self.clients, self.members, body, deadline, headers)
         self._log_outcomes(answers)
         # Counted on the event loop's next turn: after this step, which writes the answer.
         asyncio.get_running_loop().call_soon(self._count_calls, answers)

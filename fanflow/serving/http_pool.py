@@ -8,6 +8,10 @@ open and fresh, at most ``limit`` of them (more calls wait for one), bodies writ
 (in ``STREAM_BYTES`` slices under the transport's flow control), answers read by httptools'
 parser (the C parser uvicorn uses). A call that is cancelled (its deadline passed, its client
 hung up) closes its connection: the server then drops the work it had not started.
+
+``send`` starts a call at once: on a free kept-alive connection its request is written
+before ``send`` returns (no task, no turn of the event loop), so that a gateway asking two
+members writes both requests in one go.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -106,24 +111,35 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def exchange(self, head: bytes, parts: list) -> Reply:
+    def start(self, head: bytes, parts: list) -> asyncio.Future[Reply]:
+        """Write a request of at most ``STREAM_BYTES`` now; its reply's future."""
         assert self.transport is not None
+        self._expect()
+        self.transport.writelines([head, *parts])
+        assert self._reply is not None
+        return self._reply
+
+    async def exchange(self, head: bytes, parts: list) -> Reply:
+        """Send a request of any size (larger bodies in slices, as the server reads them)."""
+        assert self.transport is not None
+        if sum(len(part) for part in parts) <= STREAM_BYTES:
+            return await self.start(head, parts)
+        reply = self._expect()
+        self.transport.write(head)
+        for part in parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), STREAM_BYTES):
+                if reply.done() or self.transport.is_closing():
+                    break  # answered early (a refusal) or gone: stop sending
+                self.transport.write(view[start : start + STREAM_BYTES])
+                if self._writable is not None:
+                    await self._writable
+        return await reply
+
+    def _expect(self) -> asyncio.Future[Reply]:
         self._reply = asyncio.get_running_loop().create_future()
         self._reason, self._headers, self._chunks = b"", {}, []
-        size = sum(len(part) for part in parts)
-        if size <= STREAM_BYTES:
-            self.transport.writelines([head, *parts])
-        else:
-            self.transport.write(head)
-            for part in parts:
-                view = memoryview(part).cast("B")
-                for start in range(0, len(view), STREAM_BYTES):
-                    if self._reply.done() or self.transport.is_closing():
-                        break  # answered early (a refusal) or gone: stop sending
-                    self.transport.write(view[start : start + STREAM_BYTES])
-                    if self._writable is not None:
-                        await self._writable
-        return await self._reply
+        return self._reply
 
 
 class HTTPPool:
@@ -140,7 +156,9 @@ class HTTPPool:
         self.prefix = parts.path.rstrip("/")
         self.host_header = parts.netloc.rsplit("@", 1)[-1]
         self.keepalive = keepalive
-        self._slots = asyncio.Semaphore(limit)
+        self.limit = limit
+        self._lent = 0  # connections in use (or being opened) by calls
+        self._waiting: deque[asyncio.Future[None]] = deque()  # calls waiting for a connection
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
 
@@ -149,25 +167,77 @@ class HTTPPool:
     ) -> Reply:
         """``method`` on ``prefix + path``; raises ConnectFailed when no connection opens, and
         ConnectionError when the connection fails before the whole answer came."""
+        return await self.send(method, path, parts, headers)
+
+    def send(
+        self, method: str, path: str, parts: list | None = None, headers: dict | None = None
+    ) -> asyncio.Future[Reply]:
+        """``request``, started now: its reply's future. Cancelling the future closes the
+        connection."""
         parts = parts or []
+        size = sum(len(part) for part in parts)
         lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"host: {self.host_header}"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        lines.append(f"content-length: {sum(len(part) for part in parts)}")
+        lines.append(f"content-length: {size}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        async with self._slots:
+        if self._lent < self.limit and not self._waiting and size <= STREAM_BYTES:
+            connection = self._take_idle()
+            if connection is not None:
+                self._lent += 1
+                reply = connection.start(head, parts)
+                reply.add_done_callback(lambda done: self._put_back(connection, done))
+                return reply
+        return asyncio.ensure_future(self._call(head, parts))
+
+    async def _call(self, head: bytes, parts: list) -> Reply:
+        """A call that waits for a connection (or opens one), or streams a large body."""
+        await self._lend()
+        connection: _Connection | None = None
+        try:
             connection = self._take_idle() or await self._connect()
-            try:
-                reply = await connection.exchange(head, parts)
-            except BaseException:  # cancelled, or failed: the connection's state is unknown
+            reply = await connection.exchange(head, parts)
+        except BaseException:  # cancelled, or failed: the connection's state is unknown
+            if connection is not None:
                 connection.close()
                 self._open.discard(connection)
-                raise
-            if connection.closed:
-                self._open.discard(connection)
-            else:
-                connection.idle_since = time.monotonic()
-                self._idle.append(connection)
-            return reply
+            self._give_back()
+            raise
+        self._put_back(connection, None)
+        return reply
+
+    def _put_back(self, connection: _Connection, reply: asyncio.Future[Reply] | None) -> None:
+        failed = reply is not None and (reply.cancelled() or reply.exception() is not None)
+        if failed or connection.closed:
+            connection.close()
+            self._open.discard(connection)
+        else:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        self._give_back()
+
+    async def _lend(self) -> None:
+        """Wait for one of the ``limit`` connections (first come, first served)."""
+        if self._lent < self.limit and not self._waiting:
+            self._lent += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # handed a connection's place by _give_back
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back()  # handed one just as it was cancelled: pass it on
+            elif waiter in self._waiting:
+                self._waiting.remove(waiter)
+            raise
+
+    def _give_back(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the place goes to it, not back to the pool
+                return
+        self._lent -= 1
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
