@@ -15,7 +15,14 @@ comparison when the members are saturated (32 clients); at 1 client it costs lat
 member must wait for its core while the gateway or the load generator holds it.
 
 Target: gateway p50 ≤ 1.2 × the slower member's p50 + 1 ms (the members are called at
-once, not one after the other); the last column is gateway p50 / that bound (≤ 1 passes).
+once, not one after the other); the last column is gateway p50 / that bound (≤ 1 passes),
+and for the gateway its CPU time per request (user and system, warm-up included in both):
+a figure that the machine's other load disturbs far less than latency.
+
+With ``--stand-ins``, a second gateway runs over stand-ins that answer every request at once
+with what the members answered (recorded once): its p50 and CPU time per request at 1 client
+are the gateway's own cost, which the members' work and the machine's other load hide in the
+rows above.
 
 Last, "big requests": 4 requests of the largest allowed body (32 MiB) in flight at once to a
 member and to the gateway, JSON and binary, while a liveness probe asks ``/v2/health/live``
@@ -26,6 +33,7 @@ the body size per request in flight).
 
     python benchmarks/bench_serving.py                # a few minutes
     python benchmarks/bench_serving.py --seconds 10 --clips 4
+    python benchmarks/bench_serving.py --concurrency 1 --skip-big --skip-kill --stand-ins
 """
 
 from __future__ import annotations
@@ -46,7 +54,17 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_load import SHAPE, Body, LoadResult, request_bytes, run_load, start_gateway, start_member
+from serving_load import (
+    SHAPE,
+    Body,
+    LoadResult,
+    recorded_answer,
+    request_bytes,
+    run_load,
+    start_gateway,
+    start_member,
+    start_stand_in,
+)
 
 from fanflow.serving import wire
 from fanflow.serving.protocol import DEFAULT_MAX_BODY_BYTES
@@ -107,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pin", action="store_true", help="give each member a core of its own, alone and in the ensemble"
     )
+    parser.add_argument(
+        "--stand-ins",
+        action="store_true",
+        help="also time a gateway over members that answer at once (its own cost, at 1 client)",
+    )
     args = parser.parse_args(argv)
 
     bodies = {"json": body_for(args.clips), "binary": body_for(args.clips, binary=True)}
@@ -150,11 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         for clients in args.concurrency:
             for encoding, body in bodies.items():
                 results = {target: LoadResult() for target in targets}
+                gateway_cpu = 0.0  # seconds of CPU the gateway process spent in its runs
                 # Short runs in turn rather than one long run each, so that a change in the
                 # machine's other load weighs on every target alike.
                 for _ in range(args.rounds):
                     for target, addresses in targets.items():
+                        before = cpu_seconds(gateway.process.pid)
                         part = run_load(addresses, body, clients, args.seconds / args.rounds, 0.25)
+                        if target == "gateway":
+                            gateway_cpu += cpu_seconds(gateway.process.pid) - before
                         results[target].add(part)
                 for target, result in results.items():
                     failures += result.errors
@@ -163,9 +190,15 @@ def main(argv: list[str] | None = None) -> int:
                         slower = max(results[m].percentile(50) for m in members)
                         ratio = result.percentile(50) / (1.2 * slower + 0.001)
                         note = f"p50 / (1.2 × slower member p50 + 1 ms) = {ratio:.2f}"
+                    if target == "gateway" and result.latencies:
+                        answered = len(result.latencies) + result.errors + result.warmup_requests
+                        note += f"; gateway CPU {gateway_cpu / answered * 1e3:.2f} ms per request"
                     print(row(target, encoding, clients, result, note), flush=True)
                     for sample in result.error_samples:
                         print(f"    error: {sample}")
+
+        if args.stand_ins:
+            failures += stand_in_runs(endpoints, bodies, args.seconds, args.rounds)
 
         if not args.skip_big:
             print(
@@ -235,6 +268,46 @@ def main(argv: list[str] | None = None) -> int:
         f"errors in all runs: {failures}"
     )
     return 1 if failures else 0
+
+
+def stand_in_runs(endpoints: list[dict], bodies: dict[str, Body], seconds: float, rounds: int) -> int:
+    """A second gateway, over stand-ins that answer at once with what each member answered
+    (recorded once per encoding), at 1 client: the gateway's own latency and CPU per request,
+    which the members' work and the machine's other load no longer hide. Returns the errors."""
+    print("\ngateway over stand-in members that answer at once (their answers recorded from the members)")
+    print(f"{'body':<7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'errors':>6} {'CPU ms/request':>15}")
+    errors = 0
+    for encoding, body in bodies.items():
+        stand_ins = [
+            start_stand_in(recorded_answer(e["url"], f"/v2/models/{e['model']}/infer", body)) for e in endpoints
+        ]
+        gateway = None
+        try:
+            members = [{"url": s.wait_url(), "model": e["model"]} for s, e in zip(stand_ins, endpoints, strict=True)]
+            gateway = start_gateway(members, strategy="union")
+            target = [(gateway.wait_url(), "/v2/models/ensemble/infer")]
+            result, cpu = LoadResult(), 0.0
+            for _ in range(rounds):
+                before = cpu_seconds(gateway.process.pid)
+                result.add(run_load(target, body, 1, seconds / rounds, 0.25))
+                cpu += cpu_seconds(gateway.process.pid) - before
+            answered = len(result.latencies) + result.errors + result.warmup_requests
+            print(
+                f"{encoding:<7} {result.requests:>8} {ms(result.percentile(50))} {ms(result.percentile(99))}"
+                f" {result.throughput:>9.1f} {result.errors:>6} {cpu / answered * 1e3:15.2f}",
+                flush=True,
+            )
+            errors += result.errors
+        finally:
+            for process in [*stand_ins, *([gateway] if gateway else [])]:
+                process.stop()
+    return errors
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def rss_of(process: psutil.Process) -> int:

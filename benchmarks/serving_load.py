@@ -80,6 +80,30 @@ def _gateway_main(members: list[dict], options: dict, urls) -> None:
     serve_gateway(members, port=0, on_ready=urls.put, **options)
 
 
+def _stand_in_main(answer: bytes, urls) -> None:
+    """A member that answers every request at once with ``answer`` (a whole HTTP response)."""
+    import httptools
+    import uvloop
+
+    class Answering(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.transport.write(answer)
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Answering, "127.0.0.1", 0)
+        urls.put(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        await server.serve_forever()
+
+    uvloop.run(serve())
+
+
 class ServerProcess:
     def __init__(self, target, *args):
         ctx = mp.get_context("spawn")
@@ -113,6 +137,28 @@ def start_gateway(members: list[dict], **options) -> ServerProcess:
     return ServerProcess(_gateway_main, members, options)
 
 
+def start_stand_in(answer: bytes) -> ServerProcess:
+    """A stand-in for a member that answers at once, always with ``answer``: a gateway in
+    front of stand-ins shows its own cost, without the members' work."""
+    return ServerProcess(_stand_in_main, answer)
+
+
+def recorded_answer(url: str, path: str, body: Body) -> bytes:
+    """The whole HTTP response (head and body) of one request, as the server sent it."""
+
+    async def ask() -> bytes:
+        host, port, payload = request_bytes(url, path, body)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        _, length = _status_and_length(head)
+        answer = head + await reader.readexactly(length)
+        writer.close()
+        return answer
+
+    return asyncio.run(ask())
+
+
 # -- load -----------------------------------------------------------------------------------
 
 
@@ -124,9 +170,11 @@ class LoadResult:
     failed_members: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    warmup_requests: int = 0  # answered in the unmeasured warm-up before
 
     def add(self, other: LoadResult) -> LoadResult:
         self.latencies += other.latencies
+        self.warmup_requests += other.warmup_requests
         self.errors += other.errors
         self.degraded += other.degraded
         for member, count in other.failed_members.items():
@@ -170,8 +218,7 @@ def request_bytes(url: str, path: str, body: Body) -> tuple[str, int, bytes]:
     return host, int(port), head + body.content
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
+def _status_and_length(head: bytes) -> tuple[int, int]:
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     length = 0
@@ -179,6 +226,12 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
+    return status, length
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, length = _status_and_length(head)
     return status, await reader.readexactly(length)
 
 
@@ -212,6 +265,7 @@ async def _client(targets, deadline, result: LoadResult, record: bool, inspect: 
             await asyncio.sleep(0.01)
             continue
         if not record:
+            result.warmup_requests += 1
             continue
         bad = [(status, body) for status, body in answers if status != 200]
         if bad:
@@ -231,10 +285,11 @@ async def _client(targets, deadline, result: LoadResult, record: bool, inspect: 
 
 
 async def _load(targets, clients, seconds, warmup, inspect, during=None) -> LoadResult:
+    warm = LoadResult()
     if warmup:
         end = time.perf_counter() + warmup
-        await asyncio.gather(*(_client(targets, end, LoadResult(), False, False) for _ in range(clients)))
-    result = LoadResult()
+        await asyncio.gather(*(_client(targets, end, warm, False, False) for _ in range(clients)))
+    result = LoadResult(warmup_requests=warm.warmup_requests)
     start = time.perf_counter()
     tasks = [_client(targets, start + seconds, result, True, inspect) for _ in range(clients)]
     if during is not None:
