@@ -66,13 +66,14 @@ class LazyGroup(TyperGroup):
         if args and args[0] not in COMMANDS:  # a misspelt name: "did you mean" looks through them all
             for name in COMMANDS:
                 self.get_command(ctx, name)
-        return super().resolve_command(ctx, args)
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in READ_ONLY:  # before its options are parsed, which builds pydantic validators
+            os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        return name, command, rest
 
 
 def _build(name: str):
     module, attribute = COMMANDS[name]
-    if name in READ_ONLY:
-        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     target = getattr(importlib.import_module(f"fanflow.cli.{module}"), attribute)
     if isinstance(target, typer.Typer):
         command = typer.main.get_group(target)
