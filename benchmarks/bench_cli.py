@@ -5,7 +5,8 @@ durable SQLite run store), each figure from process start to the result printed.
     python benchmarks/bench_cli.py                       # W1 at N = 1,000, 10,000, 100,000; W2
     python benchmarks/bench_cli.py --sizes 10000 --peer-max 10000 --json
 
-W1: a fan-out of N no-op tasks and a fan-in that sums them. W2: 4 CPU-bound tasks of about
+W1: a fan-out of N no-op tasks and a fan-in that sums them; first, a run with nothing to fan
+out (N = 0), which is what every run costs before its first task and after its last. W2: 4 CPU-bound tasks of about
 2 s on the machine's cores (2 here). Beside fanflow, the same work with
 multiprocessing.Pool recording nothing (the floor), and with Ray and Dask when installed
 (``pip install -e '.[ray,bench]'``), each as a program of its own, started the same way; the
@@ -268,12 +269,19 @@ def main() -> None:
         shutil.copy(HERE / "noop_steps.py", folder / "noop_steps.py")
         (folder / "w1.yaml").write_text(W1, encoding="utf-8")
         (folder / "w2.yaml").write_text(W2, encoding="utf-8")
+        # What every run costs before its first task and after its last: a run with nothing to
+        # fan out (make and add only), beside Pool starting and stopping with nothing to map;
+        # the faster of two runs (the first also fills the operating system's file caches).
+        figures["empty"] = min((fanflow_w1(folder, 0) for _ in range(2)), key=lambda row: row["wall_s"])
+        figures["empty_pool"] = program(folder, POOL_W1.format(cores=CORES), "0")[0]
+        _progress(args, f"fanflow W1 N=0 (a run's fixed cost): {figures['empty']['wall_s']} s; "
+                        f"Pool N=0: {figures['empty_pool']:.3f} s")
         for n in sizes:
             row = fanflow_w1(folder, n)
             row["load"] = load()
             figures["w1"].append(row)
             _progress(args, f"fanflow W1 N={n}: {row['wall_s']} s, {row['tasks_per_s']} tasks/s ({row['load']})")
-            if n <= args.peer_max:
+            if 0 < n <= args.peer_max:
                 for name, text in peers().items():
                     peer = peer_w1(folder, name, text, n)
                     peer["load"] = load()
@@ -319,10 +327,24 @@ def report(figures: dict) -> None:
         if 10000 in by_n and large["n"] > 10000:
             print(f"  N={large['n']} rate / N=10,000 rate: "
                   f"{large['tasks_per_s'] / by_n[10000]['tasks_per_s']:.2f} (target >= 0.9)")
+    pool = next((p for p in figures["peers"] if p["n"] == 10000 and p["name"].startswith("multi")), None)
     if 10000 in by_n:
-        pool = next((p for p in figures["peers"] if p["n"] == 10000 and p["name"].startswith("multi")), None)
         target = f"; {by_n[10000]['tasks_per_s'] / pool['tasks_per_s']:.2f}x the Pool floor (target >= 0.25)" if pool else ""
         print(f"  N=10,000: {by_n[10000]['tasks_per_s']} tasks/s (target >= 10,000 on a quiet machine){target}")
+    if "empty" in figures:
+        empty = figures["empty"]
+        print(f"  a run with nothing to fan out (make and add only): {empty['wall_s']} s, engine CPU "
+              f"{empty['engine_cpu_s']} s, workers CPU {empty['workers_cpu_s']} s; multiprocessing.Pool "
+              f"starting and stopping with nothing to map: {figures['empty_pool']:.3f} s")
+        for row in figures["w1"]:
+            if row["n"] >= 1000:
+                marginal = (row["wall_s"] - empty["wall_s"]) / row["n"]
+                print(f"  N={row['n']} beyond that fixed cost: {marginal * 1e6:.0f} us per task, "
+                      f"{1 / marginal:.0f} tasks/s")
+        if pool:
+            print(f"  0.25x the Pool floor at N=10,000 means the whole run within {4 * pool['wall_s']:.3f} s "
+                  f"(4 x {pool['wall_s']} s): {empty['wall_s'] / (4 * pool['wall_s']):.2f}x of that "
+                  "is spent by a run with no fan-out tasks")
     if "w2" in figures:
         w2, pool = figures["w2"], figures["w2_pool"]
         print(f"W2: 4 CPU-bound tasks on {figures['cores']} cores: fanflow makespan {w2['makespan_s']} s "

@@ -19,10 +19,13 @@ once, not one after the other); the last column is gateway p50 / that bound (≤
 and for the gateway its CPU time per request (user and system, warm-up included in both):
 a figure that the machine's other load disturbs far less than latency.
 
-With ``--stand-ins``, a second gateway runs over stand-ins that answer every request at once
-with what the members answered (recorded once): its p50 and CPU time per request at 1 client
+With ``--stand-ins``, a second gateway runs over stand-ins that answer every request with what
+the members answered (recorded once): at once, its p50 and CPU time per request at 1 client
 are the gateway's own cost, which the members' work and the machine's other load hide in the
-rows above.
+rows above; after ``--stand-in-delay`` (3 ms, about a member's own time for one clip here,
+waited on a timer: the stand-ins take no CPU), the gateway meets a member's timing without
+the members' work on the cores, and its p50 is set against the same bound, with a stand-in
+alone timed beside it as the member.
 
 Last, "big requests": 4 requests of the largest allowed body (32 MiB) in flight at once to a
 member and to the gateway, JSON and binary, while a liveness probe asks ``/v2/health/live``
@@ -130,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time a gateway over members that answer at once (its own cost, at 1 client)",
     )
+    parser.add_argument(
+        "--stand-in-delay",
+        type=float,
+        default=0.003,
+        help="seconds the delayed stand-ins wait before answering, using no CPU (default 0.003: "
+        "about a member's own time for one clip here)",
+    )
     args = parser.parse_args(argv)
 
     bodies = {"json": body_for(args.clips), "binary": body_for(args.clips, binary=True)}
@@ -198,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"    error: {sample}")
 
         if args.stand_ins:
-            failures += stand_in_runs(endpoints, bodies, args.seconds, args.rounds)
+            failures += stand_in_runs(endpoints, bodies, args.seconds, args.rounds, [0.0, args.stand_in_delay])
 
         if not args.skip_big:
             print(
@@ -270,37 +280,51 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def stand_in_runs(endpoints: list[dict], bodies: dict[str, Body], seconds: float, rounds: int) -> int:
-    """A second gateway, over stand-ins that answer at once with what each member answered
-    (recorded once per encoding), at 1 client: the gateway's own latency and CPU per request,
-    which the members' work and the machine's other load no longer hide. Returns the errors."""
-    print("\ngateway over stand-in members that answer at once (their answers recorded from the members)")
-    print(f"{'body':<7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'errors':>6} {'CPU ms/request':>15}")
+def stand_in_runs(
+    endpoints: list[dict], bodies: dict[str, Body], seconds: float, rounds: int, delays: list[float]
+) -> int:
+    """A second gateway, over stand-ins that answer with what each member answered (recorded
+    once per encoding), at 1 client: at once, the gateway's own latency and CPU per request,
+    which the members' work and the machine's other load no longer hide; after a delay (a
+    timer: the stand-ins use no CPU meanwhile), the same with a member's timing, against the
+    same bound as the members (a stand-in alone timed beside it). Returns the errors."""
+    print("\ngateway over stand-in members that answer with what the members answered (recorded), "
+          "at once or after a delay that takes no CPU; 1 client")
+    print(
+        f"{'body':<7} {'delay ms':>8} {'stand-in p50':>12} {'gateway p50':>11} {'p99 ms':>8} {'req/s':>9} "
+        f"{'errors':>6} {'CPU ms/request':>15}  p50 / (1.2 × stand-in p50 + 1 ms)"
+    )
     errors = 0
     for encoding, body in bodies.items():
-        stand_ins = [
-            start_stand_in(recorded_answer(e["url"], f"/v2/models/{e['model']}/infer", body)) for e in endpoints
-        ]
-        gateway = None
-        try:
-            members = [{"url": s.wait_url(), "model": e["model"]} for s, e in zip(stand_ins, endpoints, strict=True)]
-            gateway = start_gateway(members, strategy="union")
-            target = [(gateway.wait_url(), "/v2/models/ensemble/infer")]
-            result, cpu = LoadResult(), 0.0
-            for _ in range(rounds):
-                before = cpu_seconds(gateway.process.pid)
-                result.add(run_load(target, body, 1, seconds / rounds, 0.25))
-                cpu += cpu_seconds(gateway.process.pid) - before
-            answered = len(result.latencies) + result.errors + result.warmup_requests
-            print(
-                f"{encoding:<7} {result.requests:>8} {ms(result.percentile(50))} {ms(result.percentile(99))}"
-                f" {result.throughput:>9.1f} {result.errors:>6} {cpu / answered * 1e3:15.2f}",
-                flush=True,
-            )
-            errors += result.errors
-        finally:
-            for process in [*stand_ins, *([gateway] if gateway else [])]:
-                process.stop()
+        answers = [recorded_answer(e["url"], f"/v2/models/{e['model']}/infer", body) for e in endpoints]
+        for delay in delays:
+            stand_ins = [start_stand_in(answer, delay) for answer in answers]
+            gateway = None
+            try:
+                members = [
+                    {"url": s.wait_url(), "model": e["model"]} for s, e in zip(stand_ins, endpoints, strict=True)
+                ]
+                gateway = start_gateway(members, strategy="union")
+                target = [(gateway.wait_url(), "/v2/models/ensemble/infer")]
+                alone = [(members[0]["url"], f"/v2/models/{members[0]['model']}/infer")]
+                result, single, cpu = LoadResult(), LoadResult(), 0.0
+                for _ in range(rounds):
+                    single.add(run_load(alone, body, 1, seconds / rounds / 2, 0.25))
+                    before = cpu_seconds(gateway.process.pid)
+                    result.add(run_load(target, body, 1, seconds / rounds, 0.25))
+                    cpu += cpu_seconds(gateway.process.pid) - before
+                answered = len(result.latencies) + result.errors + result.warmup_requests
+                ratio = result.percentile(50) / (1.2 * single.percentile(50) + 0.001)
+                print(
+                    f"{encoding:<7} {delay * 1e3:8.1f} {single.percentile(50) * 1e3:12.2f} "
+                    f"{result.percentile(50) * 1e3:11.2f} {ms(result.percentile(99))} {result.throughput:>9.1f} "
+                    f"{result.errors + single.errors:>6} {cpu / answered * 1e3:15.2f}  {ratio:.2f}",
+                    flush=True,
+                )
+                errors += result.errors + single.errors
+            finally:
+                for process in [*stand_ins, *([gateway] if gateway else [])]:
+                    process.stop()
     return errors
 
 

@@ -80,8 +80,9 @@ def _gateway_main(members: list[dict], options: dict, urls) -> None:
     serve_gateway(members, port=0, on_ready=urls.put, **options)
 
 
-def _stand_in_main(answer: bytes, urls) -> None:
-    """A member that answers every request at once with ``answer`` (a whole HTTP response)."""
+def _stand_in_main(answer: bytes, delay: float, urls) -> None:
+    """A member that answers every request with ``answer`` (a whole HTTP response), at once or
+    ``delay`` seconds after it arrived (a timer: the stand-in takes no CPU meanwhile)."""
     import httptools
     import uvloop
 
@@ -94,7 +95,10 @@ def _stand_in_main(answer: bytes, urls) -> None:
             self.parser.feed_data(data)
 
         def on_message_complete(self) -> None:
-            self.transport.write(answer)
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self.transport.write, answer)
+            else:
+                self.transport.write(answer)
 
     async def serve() -> None:
         server = await asyncio.get_running_loop().create_server(Answering, "127.0.0.1", 0)
@@ -137,10 +141,11 @@ def start_gateway(members: list[dict], **options) -> ServerProcess:
     return ServerProcess(_gateway_main, members, options)
 
 
-def start_stand_in(answer: bytes) -> ServerProcess:
-    """A stand-in for a member that answers at once, always with ``answer``: a gateway in
-    front of stand-ins shows its own cost, without the members' work."""
-    return ServerProcess(_stand_in_main, answer)
+def start_stand_in(answer: bytes, delay: float = 0.0) -> ServerProcess:
+    """A stand-in for a member that answers at once (or after ``delay`` seconds, using no CPU),
+    always with ``answer``: a gateway in front of stand-ins shows its own cost, without the
+    members' work."""
+    return ServerProcess(_stand_in_main, answer, delay)
 
 
 def recorded_answer(url: str, path: str, body: Body) -> bytes:
