@@ -137,19 +137,39 @@ async def infer_members(
     before the first answer is awaited, and each answer is read as it comes."""
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    deadline = loop.time() + timeout
     calls = {pools[m.name].send("POST", m.model_path + "/infer", body, headers): m for m in members}
     answers: dict[str, MemberAnswer] = {}
+    # One wake-up for whatever comes first, an answer or the deadline (asyncio.wait would make
+    # a waiter, a timer and callbacks anew on every answer).
+    arrived: list[asyncio.Future] = []
+    expired = False
+    wake = loop.create_future()
+
+    def answered(call: asyncio.Future) -> None:
+        arrived.append(call)
+        if not wake.done():
+            wake.set_result(None)
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if not wake.done():
+            wake.set_result(None)
+
+    for call in calls:
+        call.add_done_callback(answered)
+    timer = loop.call_later(timeout, expire)
     try:
-        waiting = set(calls)
-        while waiting:
-            done, waiting = await asyncio.wait(
-                waiting, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                break
+        while len(answers) < len(calls):
+            if not arrived:
+                if expired:
+                    break
+                await wake
+                wake = loop.create_future()
+                continue
             seconds = time.perf_counter() - start
-            for call in done:
+            while arrived:
+                call = arrived.pop()
                 member = calls[call]
                 error = call.exception()
                 if error is None:
@@ -160,11 +180,12 @@ async def infer_members(
                     raise error
                 answers[member.name] = answer
     finally:
+        timer.cancel()
         for call in calls:
             call.cancel()  # those past the deadline, or all when this request is cancelled
-    for call in waiting:
-        member = calls[call]
-        answers[member.name] = _failed(member, TimeoutError(), time.perf_counter() - start, timeout)
+    for member in calls.values():
+        if member.name not in answers:
+            answers[member.name] = _failed(member, TimeoutError(), time.perf_counter() - start, timeout)
     return [answers[m.name] for m in members]
 
 

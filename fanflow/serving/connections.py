@@ -19,6 +19,11 @@ After such an answer the server stops sending and reads (and drops) what the cli
 sends for up to ``LINGER_SECONDS`` before closing: closing a socket with unread data makes
 the kernel reset the connection, and the client would lose the answer.
 
+A request's scope carries ``HANG_UP`` (``"fanflow.hang_up"``): called with a function, the
+protocol calls it once if the connection is lost before it is called again with None; it
+returns False when the connection is already going. The app learns of a client that hangs up
+without a task per request waiting for it.
+
 uvicorn writes an answer's head and its body with two writes, which leave as two segments:
 a client often wakes for the head alone and again for the body. Each request's answer is
 written through ``AnswerWriter`` instead, which holds the head back until the body's first
@@ -29,12 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 LINGER_SECONDS = 1.0
+HANG_UP = "fanflow.hang_up"  # in a request's scope: see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True
         self._header_count = 0
+        self._on_hang_up: Callable[[], None] | None = None
         if len(self.connections) > self.limits.max_connections:
             self._refuse(
                 Refused(503, f"the server has {self.limits.max_connections} connections open; retry later")
@@ -127,6 +135,18 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._lingering is not None:
             self._lingering.cancel()
         super().connection_lost(exc)
+        self._hung_up()
+
+    def _watch_hang_up(self, callback: Callable[[], None] | None) -> bool:
+        if callback is not None and (self.transport.is_closing() or self._lingering is not None):
+            return False
+        self._on_hang_up = callback
+        return True
+
+    def _hung_up(self) -> None:
+        callback, self._on_hang_up = self._on_hang_up, None
+        if callback is not None:
+            callback()
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
@@ -165,6 +185,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's answer, if any, goes nowhere
             self.cycle.message_event.set()
+            self._hung_up()
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self._lingering = self.loop.call_later(LINGER_SECONDS, self.transport.close)
@@ -217,6 +238,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.limits.body_timeout, "the request's body")
+        self.scope[HANG_UP] = self._watch_hang_up  # type: ignore[literal-required]
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a new request's cycle

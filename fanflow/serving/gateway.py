@@ -40,7 +40,7 @@ from fanflow.serving.connections import Limits
 from fanflow.serving.decoding import Decoder
 from fanflow.serving.endpoints import REQUEST_ID, build_app, current_request_id
 from fanflow.serving.http_pool import HTTPPool
-from fanflow.serving.metrics import ServerMetrics
+from fanflow.serving.metrics import LabelCache, ServerMetrics
 from fanflow.serving.protocol import (
     DEFAULT_MAX_BODY_BYTES,
     InferRequest,
@@ -110,16 +110,18 @@ class Gateway:
         self._failing: dict[str, _Failing] = {}  # members whose last call failed
         self._metadata: dict | None = None
         self.metrics = metrics or ServerMetrics()
-        self._member_calls = self.metrics.counter(
-            "fanflow_member_requests",
-            "Inference calls to members, by member and outcome",
-            ("member", "outcome"),
+        self._member_calls = LabelCache(
+            self.metrics.counter(
+                "fanflow_member_requests", "Inference calls to members, by member and outcome", ("member", "outcome")
+            )
         )
-        self._member_latency = self.metrics.histogram(
-            "fanflow_member_request_duration_seconds", "Latency of inference calls to members", ("member",)
+        self._member_latency = LabelCache(
+            self.metrics.histogram(
+                "fanflow_member_request_duration_seconds", "Latency of inference calls to members", ("member",)
+            )
         )
-        self._answers = self.metrics.counter(
-            "fanflow_ensemble_answers", "Ensemble inference answers, by result", ("result",)
+        self._answers = LabelCache(
+            self.metrics.counter("fanflow_ensemble_answers", "Ensemble inference answers, by result", ("result",))
         )
 
     async def start(self) -> None:
@@ -161,8 +163,8 @@ class Gateway:
 
     def _count_calls(self, answers: list[MemberAnswer]) -> None:
         for a in answers:
-            self._member_calls.labels(a.member.name, a.outcome).inc()
-            self._member_latency.labels(a.member.name).observe(a.seconds)
+            self._member_calls(a.member.name, a.outcome).inc()
+            self._member_latency(a.member.name).observe(a.seconds)
 
     async def _ask_all(self, method: str, path: str, timeout: float) -> list[MemberAnswer]:
         answers = await asyncio.gather(
@@ -270,22 +272,22 @@ class Gateway:
         if not good:
             rejected = [a for a in answers if a.outcome == "rejected"]
             if rejected:  # the request itself is at fault: say so as the members did
-                self._answers.labels("rejected").inc()
+                self._answers("rejected").inc()
                 raise ProtocolError(rejected[0].detail, rejected[0].status)
-            self._answers.labels("unavailable").inc()
+            self._answers("unavailable").inc()
             raise ProtocolError(_summary("no member answered", failed), 503, member_errors=failed)
         if len(good) < self.quorum:
-            self._answers.labels("unavailable").inc()
+            self._answers("unavailable").inc()
             message = f"{len(good)} member(s) answered, fewer than the quorum of {self.quorum}"
             raise ProtocolError(_summary(message, failed), 503, member_errors=failed)
         try:
             combined = self.strategy.combine([(a.member.name, a.batch) for a in good])
         except ValueError as e:
-            self._answers.labels("unavailable").inc()
+            self._answers("unavailable").inc()
             raise ProtocolError(
                 f"the members' answers do not agree: {e}", 503, member_errors=failed
             ) from None
-        self._answers.labels("degraded" if failed else "complete").inc()
+        self._answers("degraded" if failed else "complete").inc()
         parameters: dict[str, Any] = {**self.strategy.describe(), "degraded": bool(failed)}
         if failed:
             parameters["failed_members"] = wire.json_text(failed)

@@ -10,6 +10,7 @@ not as a request answered: it is neither the server's error nor a success.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.requests import Request
@@ -18,6 +19,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DISCONNECTED = "fanflow.disconnected"  # set in a request's scope when its client hung up
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class LabelCache:
+    """A labelled metric's children by their label values, kept once made: prometheus_client
+    checks the values and takes a lock on every ``labels()`` call, and each inference request
+    counts into several metrics. Only for values from a small, fixed set (routes, methods,
+    statuses, member names, outcomes)."""
+
+    def __init__(self, metric) -> None:
+        self._labels = metric.labels
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._labels(*values)
+        return child
 
 
 class ServerMetrics:

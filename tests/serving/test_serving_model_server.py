@@ -318,6 +318,41 @@ def test_a_client_that_hangs_up_is_counted_apart_and_its_queued_work_is_dropped(
     assert 'status="500"' not in text
 
 
+def test_under_plain_uvicorn_a_client_that_hangs_up_is_counted_apart_too():
+    """The app served by uvicorn's own protocol (as a user may run it), which tells the app of a
+    hang-up only through ``receive``: the same outcome as under fanflow's own server."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    app = create_model_app(BrightnessTagger(delay=0.6), "bright")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    try:
+        wait_ready(url)
+        busy = threading.Thread(target=httpx.post, args=(url + "/v2/models/bright/infer",),
+                                kwargs={"json": request_for(clips_with({}, n=1)), "timeout": 10})
+        busy.start()  # holds the one inference thread for 0.6 s
+        time.sleep(0.1)
+        with pytest.raises(httpx.ReadTimeout):  # hangs up while its request waits for that thread
+            httpx.post(url + "/v2/models/bright/infer", json=request_for(clips_with({}, n=5)), timeout=0.2)
+        busy.join()
+        time.sleep(0.3)
+        text = httpx.get(url + "/metrics").text
+        assert "fanflow_inference_clips_total 1.0" in text  # the 5 clips were never tagged
+        assert 'fanflow_http_disconnects_total{endpoint="/v2/models/{name}/infer"} 1.0' in text
+        assert 'status="500"' not in text
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
 def test_a_body_cut_off_midway_is_a_disconnect_not_an_error(server, caplog):
     import socket
 
