@@ -6,8 +6,8 @@ durable SQLite run store), each figure from process start to the result printed.
     python benchmarks/bench_cli.py --sizes 10000 --peer-max 10000 --json
 
 W1: a fan-out of N no-op tasks and a fan-in that sums them; first, a run with nothing to fan
-out (N = 0), which is what every run costs before its first task and after its last. W2: 4 CPU-bound tasks of about
-2 s on the machine's cores (2 here). Beside fanflow, the same work with
+out (N = 0), which is what every run costs before its first task and after its last. W2: 4
+CPU-bound tasks of about 2 s on the machine's cores (2 here). Beside fanflow, the same work with
 multiprocessing.Pool recording nothing (the floor), and with Ray and Dask when installed
 (``pip install -e '.[ray,bench]'``), each as a program of its own, started the same way; the
 ratios are fanflow's throughput over each one's. Also printed: the engine's peak resident
