@@ -260,10 +260,11 @@ def answer(response: dict, request: InferRequest) -> tuple[list, list[tuple[byte
     wanted = request.binary_outputs([o["name"] for o in response["outputs"]])
     parts, json_length = binary.encode(response, wanted)
     if json_length is None:
-        return parts, [(b"content-type", b"application/json")]
+        return parts, _JSON
     return parts, [(b"content-type", b"application/octet-stream"), (_BINARY_HEADER, b"%d" % json_length)]
 
 
+_JSON = [(b"content-type", b"application/json")]
 _BINARY_HEADER = binary.HEADER.lower().encode()
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 INFER_ENDPOINTS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
@@ -339,11 +340,6 @@ class InferEndpoint:
                 return answer(await self.served.infer(parsed), parsed)
 
             return await until_disconnected(receive, work(), scope.get(HANG_UP))
-
-
-_JSON = [(b"content-type", b"application/json")]
-
-
 
 
 class V2App(Starlette):

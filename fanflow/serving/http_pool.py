@@ -114,10 +114,9 @@ class _Connection(asyncio.Protocol):
     def start(self, head: bytes, parts: list) -> asyncio.Future[Reply]:
         """Write a request of at most ``STREAM_BYTES`` now; its reply's future."""
         assert self.transport is not None
-        self._expect()
+        reply = self._expect()
         self.transport.writelines([head, *parts])
-        assert self._reply is not None
-        return self._reply
+        return reply
 
     async def exchange(self, head: bytes, parts: list) -> Reply:
         """Send a request of any size (larger bodies in slices, as the server reads them)."""
